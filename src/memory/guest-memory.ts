@@ -1,0 +1,165 @@
+/**
+ * Guest RAM: one memfd, mapped once MAP_SHARED, split into KVM memory slots around the MMIO hole.
+ * A memfd (rather than anonymous memory) so that a later same-host upgrade can hand the very same pages
+ * to another process over SCM_RIGHTS. The mapping's address is valid in every thread of the process, so
+ * Workers attach to it from a plain-data descriptor.
+ *
+ * JavaScript views (toArrayBuffer) are limited to 4 GiB, so the mapping is seen through 1 GiB windows;
+ * `view()` returns a zero-copy Uint8Array within one window, `read`/`write` copy across windows.
+ */
+import { ftruncate, memfdCreate, mmap, munmap, close, MAP_NORESERVE, MAP_SHARED, PROT_READ, PROT_WRITE, toArrayBuffer } from "../../ffi/libc.ts";
+import { GuestMemoryError, type GuestMemoryAccess, type RamRegion } from "./types.ts";
+
+export const WINDOW_SHIFT = 30;
+export const WINDOW_SIZE = 1 << WINDOW_SHIFT;
+
+export interface MemoryRegionDesc extends RamRegion {
+  /** Offset of this region inside the memfd and the mapping. */
+  offset: number;
+  /** KVM memory slot number. */
+  slot: number;
+}
+
+/** What a Worker needs to attach to the same mapping. */
+export interface GuestMemoryDescriptor {
+  fd: number;
+  hostAddr: number;
+  size: number;
+  regions: MemoryRegionDesc[];
+}
+
+export class GuestMemory implements GuestMemoryAccess {
+  private readonly windows: (Uint8Array | undefined)[] = [];
+  private owner: boolean;
+
+  private constructor(readonly desc: GuestMemoryDescriptor, owner: boolean) {
+    this.owner = owner;
+  }
+
+  /** Allocate RAM for `regions` (gpa-sorted) in a fresh memfd. */
+  static create(regions: RamRegion[], name = "kiln-guest-ram"): GuestMemory {
+    const size = regions.reduce((n, r) => n + r.size, 0);
+    const fd = memfdCreate(name);
+    try {
+      ftruncate(fd, size);
+      // NORESERVE: the guest touches its RAM lazily; don't charge all of it to overcommit up front.
+      const hostAddr = mmap(size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0, "mmap(guest RAM)");
+      let offset = 0;
+      const descs = regions.map((r, slot) => {
+        const d = { gpa: r.gpa, size: r.size, offset, slot };
+        offset += r.size;
+        return d;
+      });
+      return new GuestMemory({ fd, hostAddr, size, regions: descs }, true);
+    } catch (e) {
+      close(fd);
+      throw e;
+    }
+  }
+
+  /** Attach to a mapping made by another thread of this process (no new mapping, no ownership). */
+  static attach(desc: GuestMemoryDescriptor): GuestMemory {
+    return new GuestMemory(desc, false);
+  }
+
+  get regions(): readonly MemoryRegionDesc[] {
+    return this.desc.regions;
+  }
+
+  get size(): number {
+    return this.desc.size;
+  }
+
+  get hostAddr(): number {
+    return this.desc.hostAddr;
+  }
+
+  get fd(): number {
+    return this.desc.fd;
+  }
+
+  /** The region holding [gpa, gpa+len), or undefined. */
+  regionOf(gpa: number, len: number): MemoryRegionDesc | undefined {
+    for (const r of this.desc.regions) {
+      if (gpa >= r.gpa && len >= 0 && gpa + len <= r.gpa + r.size) return r;
+    }
+    return undefined;
+  }
+
+  contains(gpa: number, len: number): boolean {
+    return Number.isSafeInteger(gpa) && Number.isSafeInteger(len) && this.regionOf(gpa, len) !== undefined;
+  }
+
+  /** Offset of guest-physical `gpa` in the mapping; throws unless [gpa, gpa+len) is RAM. */
+  offsetOf(gpa: number, len: number, what = "access"): number {
+    const r = this.regionOf(gpa, len);
+    if (!r || !Number.isSafeInteger(gpa)) throw new GuestMemoryError(gpa, len, what);
+    return r.offset + (gpa - r.gpa);
+  }
+
+  /** Host virtual address of guest-physical `gpa` (for FFI calls such as readv/writev into guest RAM). */
+  hostAddress(gpa: number, len: number): number {
+    return this.desc.hostAddr + this.offsetOf(gpa, len);
+  }
+
+  private window(i: number): Uint8Array {
+    let w = this.windows[i];
+    if (!w) {
+      const start = i * WINDOW_SIZE;
+      const len = Math.min(WINDOW_SIZE, this.desc.size - start);
+      w = new Uint8Array(toArrayBuffer((this.desc.hostAddr + start) as never, 0, len));
+      this.windows[i] = w;
+    }
+    return w;
+  }
+
+  /** Zero-copy bytes of the mapping at `offset` (memfd offset), within a single window. */
+  viewAtOffset(offset: number, len: number): Uint8Array | undefined {
+    const wi = Math.floor(offset / WINDOW_SIZE);
+    const start = offset - wi * WINDOW_SIZE;
+    if (start + len > WINDOW_SIZE) return undefined;
+    return this.window(wi).subarray(start, start + len);
+  }
+
+  /** Zero-copy view of guest RAM; undefined when the range straddles a 1 GiB window (use read/write then). */
+  view(gpa: number, len: number): Uint8Array | undefined {
+    return this.viewAtOffset(this.offsetOf(gpa, len), len);
+  }
+
+  write(gpa: number, data: Uint8Array): void {
+    let off = this.offsetOf(gpa, data.byteLength, "write");
+    let done = 0;
+    while (done < data.byteLength) {
+      const wi = Math.floor(off / WINDOW_SIZE);
+      const start = off - wi * WINDOW_SIZE;
+      const n = Math.min(data.byteLength - done, WINDOW_SIZE - start);
+      this.window(wi).set(data.subarray(done, done + n), start);
+      done += n;
+      off += n;
+    }
+  }
+
+  read(gpa: number, len: number): Uint8Array {
+    let off = this.offsetOf(gpa, len, "read");
+    const out = new Uint8Array(len);
+    let done = 0;
+    while (done < len) {
+      const wi = Math.floor(off / WINDOW_SIZE);
+      const start = off - wi * WINDOW_SIZE;
+      const n = Math.min(len - done, WINDOW_SIZE - start);
+      out.set(this.window(wi).subarray(start, start + n), done);
+      done += n;
+      off += n;
+    }
+    return out;
+  }
+
+  /** Unmap and close. Only the creating thread may do this, and only once no view is in use. */
+  destroy(): void {
+    if (!this.owner) return;
+    this.owner = false;
+    this.windows.length = 0;
+    munmap(this.desc.hostAddr, this.desc.size);
+    close(this.desc.fd);
+  }
+}
