@@ -5,20 +5,20 @@
  * errno is read straight after the call through __errno_location(), whose result is per thread and cached
  * per module instance (each Worker loads its own instance, so each thread caches its own pointer).
  */
-import { dlopen, read, ptr, toArrayBuffer, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, read, ptr, toArrayBuffer, type Pointer } from "bun:ffi";
 import { errnoMessage, errnoName } from "./errno.ts";
 
 const lib = dlopen("libc.so.6", {
   open: { args: ["cstring", "i32", "u32"], returns: "i32" },
   close: { args: ["i32"], returns: "i32" },
-  read: { args: ["i32", "ptr", "u64"], returns: "i64_fast" },
-  write: { args: ["i32", "ptr", "u64"], returns: "i64_fast" },
-  pread: { args: ["i32", "ptr", "u64", "i64"], returns: "i64_fast" },
-  pwrite: { args: ["i32", "ptr", "u64", "i64"], returns: "i64_fast" },
-  readv: { args: ["i32", "ptr", "i32"], returns: "i64_fast" },
-  writev: { args: ["i32", "ptr", "i32"], returns: "i64_fast" },
-  preadv: { args: ["i32", "ptr", "i32", "i64"], returns: "i64_fast" },
-  pwritev: { args: ["i32", "ptr", "i32", "i64"], returns: "i64_fast" },
+  read: { args: ["i32", "ptr", "u64"], returns: FFIType.i64_fast },
+  write: { args: ["i32", "ptr", "u64"], returns: FFIType.i64_fast },
+  pread: { args: ["i32", "ptr", "u64", "i64"], returns: FFIType.i64_fast },
+  pwrite: { args: ["i32", "ptr", "u64", "i64"], returns: FFIType.i64_fast },
+  readv: { args: ["i32", "ptr", "i32"], returns: FFIType.i64_fast },
+  writev: { args: ["i32", "ptr", "i32"], returns: FFIType.i64_fast },
+  preadv: { args: ["i32", "ptr", "i32", "i64"], returns: FFIType.i64_fast },
+  pwritev: { args: ["i32", "ptr", "i32", "i64"], returns: FFIType.i64_fast },
   ioctl: { args: ["i32", "u64", "ptr"], returns: "i32" },
   mmap: { args: ["ptr", "u64", "i32", "i32", "i32", "i64"], returns: "ptr" },
   munmap: { args: ["ptr", "u64"], returns: "i32" },
@@ -46,8 +46,8 @@ const lib = dlopen("libc.so.6", {
 const libInt = dlopen("libc.so.6", {
   ioctl: { args: ["i32", "u64", "u64"], returns: "i32" },
   socket: { args: ["i32", "i32", "i32"], returns: "i32" },
-  sendmsg: { args: ["i32", "ptr", "i32"], returns: "i64_fast" },
-  recvmsg: { args: ["i32", "ptr", "i32"], returns: "i64_fast" },
+  sendmsg: { args: ["i32", "ptr", "i32"], returns: FFIType.i64_fast },
+  recvmsg: { args: ["i32", "ptr", "i32"], returns: FFIType.i64_fast },
 });
 
 const c = lib.symbols;
@@ -56,7 +56,7 @@ let errnoPtr: Pointer | null = null;
 
 /** The calling thread's errno. Call it immediately after the failing call. */
 export function errno(): number {
-  if (errnoPtr === null) errnoPtr = c.__errno_location();
+  if (errnoPtr === null) errnoPtr = c.__errno_location() as Pointer;
   return read.i32(errnoPtr!, 0);
 }
 
@@ -239,7 +239,7 @@ let kickHandlerInstalled = false;
 export function installNoopSignalHandler(sig = SIGUSR1): void {
   if (kickHandlerInstalled) return;
   const sa = new Uint8Array(SIGACTION_SIZE);
-  new DataView(sa.buffer).setBigUint64(0, BigInt(c.getpid.ptr as unknown as number), true);
+  new DataView(sa.buffer).setBigUint64(0, BigInt((c.getpid as unknown as { ptr: number }).ptr), true);
   check("sigaction", c.sigaction(sig, sa, null));
   kickHandlerInstalled = true;
 }

@@ -3,7 +3,7 @@
  * as all ones and swallow writes, as on a PC; the first such access per address is reported once.
  */
 import type { AccessSize, MmioDevice, PioDevice } from "./bus.ts";
-import type { ExitHandler } from "../vmm/vcpu-thread.ts";
+import type { ExitHandler } from "../vmm/exit-server.ts";
 
 export class BusConflictError extends Error {
   constructor(what: string) {

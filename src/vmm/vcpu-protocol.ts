@@ -2,18 +2,20 @@
  * How the main thread and a vCPU Worker talk.
  *
  * While the vCPU runs, its Worker is inside a synchronous KVM_RUN loop and cannot receive messages, so
- * everything on that path goes through a small SharedArrayBuffer per vCPU:
- *  - WANT: what the main thread wants (run / pause / exit). To make a running vCPU notice, the main
- *    thread also sets kvm_run.immediate_exit and sends SIGUSR1 to the Worker's thread (a "kick").
- *  - SLOT: one in-flight PIO/MMIO read (or string write) that needs a device model's answer. The
- *    Worker fills the request, sets SLOT=REQUEST and rings the doorbell; the main thread
- *    (Atomics.waitAsync) runs the device and sets SLOT=RESPONSE; the Worker copies any read data back
- *    into kvm_run and sets SLOT=IDLE.
- *  - RING: plain device writes are *posted*, as KVM's coalesced MMIO does: the Worker appends them and
- *    goes straight back into the guest. A wake-up of the idle main thread costs ~20 µs on these hosts,
- *    against ~9 µs for the exit itself, so waiting for writes would cost a serial console most of its
- *    speed. Ordering is kept: the main thread drains every vCPU's ring before it serves any read, and
- *    before it reports a pause complete, so a read always sees all writes that happened before it.
+ * everything on that path goes through SharedArrayBuffers:
+ *  - per vCPU, WANT: what the main thread wants (run / pause / exit). To make a running vCPU notice,
+ *    the main thread also sets kvm_run.immediate_exit and sends SIGUSR1 to the Worker's thread (a kick).
+ *  - per vCPU, SLOT: one in-flight PIO/MMIO read (or string write) that needs a device model's answer.
+ *    The Worker fills the request, sets SLOT=REQUEST and rings the machine's doorbell; the main thread
+ *    runs the device and sets SLOT=RESPONSE; the Worker copies any read data back into kvm_run and sets
+ *    SLOT=IDLE.
+ *  - per machine, the posted-write RING: plain device writes are *posted*, as KVM's coalesced MMIO
+ *    does: the Worker appends them and goes straight back into the guest. A wake-up of the idle main
+ *    thread costs ~20 µs on these hosts against ~9 µs for the exit itself, so waiting for writes would
+ *    cost a serial console most of its speed. One ring shared by all vCPUs keeps the guest's order
+ *    across vCPUs (two CPUs taking turns under a lock to print lines get their bytes in that order),
+ *    and the main thread drains it before serving any read and before reporting a pause, so a read
+ *    always sees every write that happened before it.
  * While paused, the Worker is back in its event loop and takes postMessage commands (save, restore,
  * run), answering with messages.
  */
@@ -30,23 +32,25 @@ export const CTL_ADDR_LO = 6;
 export const CTL_ADDR_HI = 7;
 /** Incremented by the Worker on every KVM exit: a cheap liveness/progress counter. */
 export const CTL_EXITS = 8;
-/** Bumped by the Worker whenever it has something for the main thread (a request or posted writes). */
-export const CTL_DOORBELL = 9;
-/** Posted-write ring indices (free-running counters): HEAD written by the Worker, TAIL by the main thread. */
-export const CTL_RING_HEAD = 10;
-export const CTL_RING_TAIL = 11;
 export const CTL_WORDS = 16;
 /** Request data (PIO string data up to a page, or MMIO's 8 bytes) follows the control words. */
 export const CTL_DATA_OFFSET = CTL_WORDS * 4;
 export const CTL_DATA_SIZE = 4096;
+export const CTL_BYTES = CTL_DATA_OFFSET + CTL_DATA_SIZE;
+
+/** The machine's queue: a doorbell any vCPU rings when it has something for the main thread, and the ring. */
+export const Q_DOORBELL = 0;
+/** Free-running int32 counters: HEAD reserved by producers (compare-and-swap), TAIL advanced by the main thread. */
+export const Q_HEAD = 1;
+export const Q_TAIL = 2;
+export const Q_WORDS = 4;
 /**
- * The posted-write ring: device writes the vCPU need not wait for. Each entry is RING_ENTRY_WORDS
- * Int32s: kind, size, addr lo, addr hi, value lo, value hi.
+ * Ring entries of RING_ENTRY_WORDS Int32s: ready marker (sequence + 1 once the entry is written),
+ * kind, size, addr lo, addr hi, value lo, value hi.
  */
-export const RING_OFFSET = CTL_DATA_OFFSET + CTL_DATA_SIZE;
-export const RING_ENTRIES = 512;
-export const RING_ENTRY_WORDS = 6;
-export const CTL_BYTES = RING_OFFSET + RING_ENTRIES * RING_ENTRY_WORDS * 4;
+export const RING_ENTRIES = 1024;
+export const RING_ENTRY_WORDS = 7;
+export const Q_BYTES = (Q_WORDS + RING_ENTRIES * RING_ENTRY_WORDS) * 4;
 
 export const WANT_RUN = 0;
 export const WANT_PAUSE = 1;
@@ -83,6 +87,8 @@ export interface VcpuInitMessage {
   vmFd: number;
   runSize: number;
   ctl: SharedArrayBuffer;
+  /** The machine's doorbell and posted-write ring, shared by all vCPUs. */
+  queue: SharedArrayBuffer;
   cpuid: CpuidEntry[];
   /** MSRs written at boot, values as decimal strings. */
   bootMsrs: [number, string][];

@@ -8,6 +8,7 @@ import { KvmExit, KvmRun, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EV
 import { EINTR, EAGAIN } from "../../ffi/errno.ts";
 import { gettid } from "../../ffi/libc.ts";
 import { Vcpu, readSegment } from "../kvm/vcpu.ts";
+import { KVM_CPUID_TIMING } from "../arch/x86_64/cpuid.ts";
 import { applyBootRegs, applyBootSregs, FPU_FCW_DEFAULT, FPU_MXCSR_DEFAULT, setLapicLints, Msr, type BootCpuState } from "../arch/x86_64/regs.ts";
 import {
   CTL_ADDR_HI,
@@ -16,10 +17,7 @@ import {
   CTL_DATA_OFFSET,
   CTL_DATA_SIZE,
   CTL_DIR,
-  CTL_DOORBELL,
   CTL_EXITS,
-  CTL_RING_HEAD,
-  CTL_RING_TAIL,
   CTL_KIND,
   CTL_SIZE,
   CTL_SLOT,
@@ -28,9 +26,12 @@ import {
   DIR_WRITE,
   KIND_MMIO,
   KIND_PIO,
+  Q_DOORBELL,
+  Q_HEAD,
+  Q_TAIL,
+  Q_WORDS,
   RING_ENTRIES,
   RING_ENTRY_WORDS,
-  RING_OFFSET,
   SLOT_IDLE,
   SLOT_REQUEST,
   WANT_EXIT,
@@ -53,7 +54,7 @@ const F = KvmRun.fields;
 let vcpu: Vcpu;
 let ctl: Int32Array;
 let data: Uint8Array;
-let ring: Int32Array;
+let queue: Int32Array;
 let init: VcpuInitMessage;
 let savableMsrs: number[] | null = null;
 
@@ -62,28 +63,32 @@ function send(msg: VcpuToMain): void {
 }
 
 function ringDoorbell(): void {
-  Atomics.add(ctl, CTL_DOORBELL, 1);
-  Atomics.notify(ctl, CTL_DOORBELL);
+  Atomics.add(queue, Q_DOORBELL, 1);
+  Atomics.notify(queue, Q_DOORBELL);
 }
 
 /** Queue a device write for the main thread and return to the guest without waiting (see vcpu-protocol.ts). */
 function postWrite(kind: number, size: number, addr: number, lo: number, hi: number): void {
-  const head = ctl[CTL_RING_HEAD]!;
+  let seq: number;
   for (;;) {
-    const tail = Atomics.load(ctl, CTL_RING_TAIL);
-    if (head - tail < RING_ENTRIES) break;
-    // Full: the main thread is behind; wait for it to drain.
-    ringDoorbell();
-    Atomics.wait(ctl, CTL_RING_TAIL, tail, 10);
+    seq = Atomics.load(queue, Q_HEAD);
+    const tail = Atomics.load(queue, Q_TAIL);
+    if (((seq - tail) | 0) >= RING_ENTRIES) {
+      // Full: the main thread is behind; wait for it to drain.
+      ringDoorbell();
+      Atomics.wait(queue, Q_TAIL, tail, 10);
+      continue;
+    }
+    if (Atomics.compareExchange(queue, Q_HEAD, seq, (seq + 1) | 0) === seq) break;
   }
-  const e = (head % RING_ENTRIES) * RING_ENTRY_WORDS;
-  ring[e] = kind;
-  ring[e + 1] = size;
-  ring[e + 2] = addr | 0;
-  ring[e + 3] = Math.floor(addr / 0x1_0000_0000) | 0;
-  ring[e + 4] = lo;
-  ring[e + 5] = hi;
-  Atomics.store(ctl, CTL_RING_HEAD, head + 1);
+  const e = Q_WORDS + ((seq >>> 0) % RING_ENTRIES) * RING_ENTRY_WORDS;
+  queue[e + 1] = kind;
+  queue[e + 2] = size;
+  queue[e + 3] = addr | 0;
+  queue[e + 4] = Math.floor(addr / 0x1_0000_0000) | 0;
+  queue[e + 5] = lo;
+  queue[e + 6] = hi;
+  Atomics.store(queue, e, (seq + 1) | 0);
   ringDoorbell();
 }
 
@@ -316,9 +321,11 @@ self.onmessage = (ev: MessageEvent<MainToVcpu>) => {
         init = msg;
         ctl = new Int32Array(msg.ctl, 0, CTL_DATA_OFFSET / 4);
         data = new Uint8Array(msg.ctl, CTL_DATA_OFFSET, CTL_DATA_SIZE);
-        ring = new Int32Array(msg.ctl, RING_OFFSET, RING_ENTRIES * RING_ENTRY_WORDS);
+        queue = new Int32Array(msg.queue);
         vcpu = Vcpu.create(msg.vmFd, msg.id, msg.runSize);
-        vcpu.setCpuid(msg.cpuid);
+        // KVM's timing leaf carries the guest TSC frequency, which only a vCPU fd can tell.
+        const tscKhz = vcpu.getTscKhz();
+        vcpu.setCpuid(msg.cpuid.map((e) => (e.function === KVM_CPUID_TIMING ? { ...e, eax: tscKhz } : e)));
         applyBoot(msg.boot, msg.bootMsrs);
         send({ type: "ready", id: msg.id, tid: gettid(), runAddr: vcpu.runAddr });
         break;

@@ -1,0 +1,270 @@
+/**
+ * A kiln machine (microvm or q35): KVM VM, guest RAM, in-kernel irqchip and PIT, legacy devices, the
+ * loaded kernel, ACPI tables and one Worker per vCPU. It owns the run state and turns guest requests
+ * (power off, reset, crash) into a single `stopped` outcome for whoever runs it (the CLI, QMP).
+ */
+import { Kvm } from "../kvm/kvm.ts";
+import type { Vm, IrqRoute } from "../kvm/vm.ts";
+import { KvmCap, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from "../../ffi/kvm-abi.ts";
+import { GuestMemory } from "../memory/guest-memory.ts";
+import * as L from "../arch/x86_64/layout.ts";
+import { vcpuCpuid, type CpuTopology } from "../arch/x86_64/cpuid.ts";
+import { bootMsrs } from "../arch/x86_64/regs.ts";
+import { loadKernel, initialCpuState } from "../arch/x86_64/boot/index.ts";
+import { buildAcpiTables } from "../arch/x86_64/acpi/index.ts";
+import { Buses } from "../devices/buses.ts";
+import type { IrqLine } from "../devices/bus.ts";
+import { Serial16550 } from "../devices/legacy/serial.ts";
+import { I8042, I8042_PORT_SPAN } from "../devices/legacy/i8042.ts";
+import { CmosRtc } from "../devices/legacy/rtc.ts";
+import { AcpiPm } from "../devices/legacy/acpi-pm.ts";
+import { ResetControl } from "../devices/legacy/reset-control.ts";
+import { PostPort } from "../devices/legacy/post.ts";
+import { PciConfigPorts, PciRoot, SimpleConfigSpace, Q35_HOST_BRIDGE } from "../devices/pci/host.ts";
+import { VcpuThread, type StoppedMessage } from "./vcpu-thread.ts";
+import { ExitServer } from "./exit-server.ts";
+import { installNoopSignalHandler } from "../../ffi/libc.ts";
+
+export type MachineType = "microvm" | "q35";
+
+export interface MachineConfig {
+  machine: MachineType;
+  memSize: number;
+  topology: CpuTopology;
+  kernel: string;
+  cmdline: string;
+  initrd?: string;
+}
+
+export interface MachineHooks {
+  /** Bytes the guest wrote to COM1. */
+  serialOutput(bytes: Uint8Array): void;
+  /** Diagnostics worth a line in the log. */
+  log(level: "debug" | "info" | "warn", msg: string): void;
+}
+
+/** Why the guest stopped running for good. */
+export type StopEvent =
+  | { kind: "poweroff"; detail: string }
+  | { kind: "reset"; detail: string }
+  | { kind: "crash"; detail: string; dump: string };
+
+/** QEMU's run states, as query-status reports them. */
+export type RunState = "prelaunch" | "running" | "paused" | "shutdown" | "internal-error" | "inmigrate" | "postmigrate" | "finish-migrate";
+
+export class MachineError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "MachineError";
+  }
+}
+
+/** GSI routing as QEMU sets it up for a PC: ISA IRQs to both PICs and the IOAPIC, the PIT (IRQ 0) on IOAPIC pin 2. */
+function defaultRoutes(): IrqRoute[] {
+  const routes: IrqRoute[] = [];
+  for (let i = 0; i < 16; i++) {
+    if (i === 2) continue; // the cascade
+    routes.push({ gsi: i, kind: "irqchip", chip: i < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE, pin: i % 8 });
+  }
+  for (let i = 0; i < 24; i++) {
+    if (i === 2) continue;
+    routes.push({ gsi: i, kind: "irqchip", chip: KVM_IRQCHIP_IOAPIC, pin: i === 0 ? 2 : i });
+  }
+  return routes;
+}
+
+export class Machine {
+  readonly vcpus: VcpuThread[] = [];
+  readonly buses: Buses;
+  readonly serial: Serial16550;
+  private readonly exitServer: ExitServer;
+  /** The PCI root bus (q35 only). */
+  pci: PciRoot | undefined;
+  state: RunState = "prelaunch";
+  private stopListeners: ((e: StopEvent) => void)[] = [];
+  private stopped: StopEvent | undefined;
+
+  private constructor(
+    readonly config: MachineConfig,
+    readonly kvm: Kvm,
+    readonly vm: Vm,
+    readonly memory: GuestMemory,
+    private readonly hooks: MachineHooks,
+  ) {
+    this.buses = new Buses((what) => hooks.log("debug", what));
+    this.serial = new Serial16550({ irq: this.irq(L.COM1_IRQ), output: (b) => hooks.serialOutput(b) });
+    this.exitServer = new ExitServer(
+      this.buses,
+      () => this.serial.flush(),
+      (e) => hooks.log("warn", e.message),
+    );
+    void this.exitServer.run();
+  }
+
+  /** Build the machine and its vCPUs; the vCPUs are ready but not running (state "prelaunch"). */
+  static async create(config: MachineConfig, hooks: MachineHooks): Promise<Machine> {
+    installNoopSignalHandler();
+    const kvm = Kvm.open();
+    const maxVcpus = kvm.checkExtension(KvmCap.MAX_VCPUS) || kvm.checkExtension(KvmCap.NR_VCPUS);
+    if (config.topology.cpus > maxVcpus) {
+      throw new MachineError(`-smp ${config.topology.cpus}: KVM on this host supports at most ${maxVcpus} vCPUs`);
+    }
+    const kernel = await readInput(config.kernel, "-kernel");
+    const initrd = config.initrd !== undefined ? await readInput(config.initrd, "-initrd") : undefined;
+
+    const vm = kvm.createVm();
+    vm.setTssAddr(L.KVM_TSS_START);
+    vm.setIdentityMapAddr(L.KVM_IDENTITY_MAP_START);
+    vm.createIrqchip();
+    vm.setGsiRouting(defaultRoutes());
+    vm.createPit2();
+
+    const memory = GuestMemory.create(L.ramRegions(config.memSize));
+    for (const r of memory.regions) vm.setUserMemoryRegion(r.slot, 0, r.gpa, r.size, memory.hostAddr + r.offset);
+
+    const m = new Machine(config, kvm, vm, memory, hooks);
+    m.attachDevices();
+
+    const acpi = buildAcpiTables(memory, {
+      machine: config.machine,
+      cpus: config.topology.cpus,
+      virtioMmio: [],
+      pciRoot:
+        config.machine === "q35"
+          ? {
+              ecamBase: L.PCIE_ECAM_START,
+              ecamSize: L.PCIE_ECAM_SIZE,
+              busStart: 0,
+              busEnd: L.PCIE_ECAM_SIZE / (1 << 20) - 1,
+              mmio32: { base: L.PCI_MMIO32_START, size: L.PCI_MMIO32_SIZE },
+            }
+          : undefined,
+    });
+    const entry = loadKernel(memory, {
+      kernel,
+      kernelPath: config.kernel,
+      cmdline: config.cmdline,
+      initrd,
+      initrdPath: config.initrd,
+      memSize: config.memSize,
+      machine: config.machine,
+      rsdpGpa: acpi.rsdpGpa,
+    });
+    const boot = initialCpuState(entry);
+    await m.startVcpus(boot);
+    return m;
+  }
+
+  private attachDevices(): void {
+    const b = this.buses;
+    b.registerPio(L.COM1_PORT, 8, this.serial, "serial");
+    const i8042 = new I8042({ irq: this.irq(L.I8042_IRQ), onReset: () => this.guestStop({ kind: "reset", detail: "keyboard controller reset (i8042)" }) });
+    // 0x60..0x64 (0x61 never exits: the in-kernel PIT answers it).
+    b.registerPio(L.I8042_DATA_PORT, I8042_PORT_SPAN, i8042, "i8042");
+    b.registerPio(L.RTC_PORT, 2, new CmosRtc({ irq: this.irq(L.RTC_IRQ) }), "rtc");
+    b.registerPio(L.POST_PORT, 1, new PostPort(), "post");
+    const pm = new AcpiPm({ onPowerOff: () => this.guestStop({ kind: "poweroff", detail: "ACPI S5 (power off)" }), sciIrq: this.irq(L.ACPI_SCI_IRQ) });
+    b.registerPio(L.ACPI_PM_BASE, 12, pm, "acpi-pm");
+    const reset = new ResetControl({ onReset: () => this.guestStop({ kind: "reset", detail: "reset control register (0xcf9)" }) });
+    // 0xcf8..0xcff: PCI config address/data on q35, with the reset control register's byte at 0xcf9.
+    if (this.config.machine === "q35") {
+      this.pci = new PciRoot();
+      this.pci.attach(0, new SimpleConfigSpace(Q35_HOST_BRIDGE.vendor, Q35_HOST_BRIDGE.device, Q35_HOST_BRIDGE.classCode));
+    }
+    b.registerPio(L.PCI_CONFIG_ADDRESS_PORT, 8, new PciConfigPorts(this.pci, reset), "pci-config");
+  }
+
+  /** An interrupt line into the in-kernel irqchip. */
+  irq(gsi: number): IrqLine {
+    return { set: (level) => this.vm.irqLine(gsi, level) };
+  }
+
+  private async startVcpus(boot: ReturnType<typeof initialCpuState>): Promise<void> {
+    const supported = this.kvm.supportedCpuid();
+    const msrIndexList = this.kvm.msrIndexList();
+    const xsaveSize = Math.max(4096, this.kvm.checkExtension(KvmCap.XSAVE2));
+    const runSize = this.kvm.vcpuMmapSize();
+    const msrs = bootMsrs().map(([i, v]) => [i, v.toString()] as [number, string]);
+    for (let i = 0; i < this.config.topology.cpus; i++) {
+      this.vcpus.push(
+        new VcpuThread(
+          i,
+          this.exitServer,
+          (m) => this.onVcpuStopped(m),
+          (e) => this.hooks.log("warn", e.message),
+        ),
+      );
+    }
+    await Promise.all(
+      this.vcpus.map((v, i) =>
+        v.start({
+          vmFd: this.vm.fd,
+          runSize,
+          // The timing leaf's TSC kHz is filled in by the Worker, which can ask its own vCPU.
+          cpuid: vcpuCpuid(supported, i, this.config.topology, 0),
+          bootMsrs: msrs,
+          boot: i === 0 ? boot : undefined,
+          xsaveSize,
+          msrIndexList,
+        }),
+      ),
+    );
+  }
+
+  /** Start (or resume) every vCPU. */
+  resume(): void {
+    if (this.stopped) return;
+    for (const v of this.vcpus) v.run();
+    this.state = "running";
+  }
+
+  /** Park every vCPU; resolves when none runs guest code and every posted device write was applied. */
+  async pause(state: RunState = "paused"): Promise<void> {
+    await Promise.all(this.vcpus.map((v) => v.pause()));
+    if (!this.stopped) this.state = state;
+  }
+
+  onStop(cb: (e: StopEvent) => void): void {
+    this.stopListeners.push(cb);
+    if (this.stopped) cb(this.stopped);
+  }
+
+  /** The guest asked to stop (or crashed): park everything once and tell the listeners. */
+  private guestStop(e: StopEvent): void {
+    if (this.stopped) return;
+    this.stopped = e;
+    this.state = e.kind === "crash" ? "internal-error" : "shutdown";
+    void this.pause(this.state).finally(() => {
+      for (const cb of this.stopListeners) cb(e);
+    });
+  }
+
+  private onVcpuStopped(m: StoppedMessage): void {
+    switch (m.reason) {
+      case "system-shutdown":
+        this.guestStop({ kind: "poweroff", detail: m.detail });
+        break;
+      case "system-reset":
+        this.guestStop({ kind: "reset", detail: m.detail });
+        break;
+      default:
+        this.guestStop({ kind: "crash", detail: `vCPU ${m.id}: ${m.detail}`, dump: m.dump });
+    }
+  }
+
+  destroy(): void {
+    this.exitServer.stop();
+    for (const v of this.vcpus) v.terminate();
+    this.vcpus.length = 0;
+  }
+}
+
+async function readInput(path: string, flag: string): Promise<Uint8Array> {
+  const f = Bun.file(path);
+  if (!(await f.exists())) throw new MachineError(`${flag} ${path}: no such file`);
+  try {
+    return new Uint8Array(await f.arrayBuffer());
+  } catch (e) {
+    throw new MachineError(`${flag} ${path}: cannot read: ${(e as Error).message}`);
+  }
+}
