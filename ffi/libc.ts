@@ -99,6 +99,7 @@ export const MAP_ANONYMOUS = 0x20;
 export const MFD_CLOEXEC = 1;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
+export const MADV_REMOVE = 9;
 export const MADV_DONTDUMP = 16;
 export const MADV_HUGEPAGE = 14;
 export const LOCK_EX = 2;

@@ -140,6 +140,14 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
   const m = machine;
   chardev.setInputHandler((b) => m.serial.receive(b));
   m.onStop((e) => {
+    if (e.kind === "reset" && !cfg.process.noReboot) {
+      log.info(`guest reset: ${e.detail}; rebooting`);
+      m.reset().catch((err) => {
+        log.error(`reboot failed: ${(err as Error).message}`);
+        shutdown(ExitCode.Error);
+      });
+      return;
+    }
     if (e.kind === "crash") {
       log.error(`guest crashed: ${e.detail}`);
       process.stderr.write(e.dump + "\n");

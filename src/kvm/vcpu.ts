@@ -24,7 +24,7 @@ import {
   KvmSregs,
   SREGS_SEGMENT_OFFSETS,
 } from "../../ffi/kvm-abi.ts";
-import { errno, ioctl, ioctlInt, ioctlRaw, mmap, MAP_SHARED, PROT_READ, PROT_WRITE, ptr, toArrayBuffer, SysError } from "../../ffi/libc.ts";
+import { close, errno, ioctl, ioctlInt, ioctlRaw, mmap, munmap, MAP_SHARED, PROT_READ, PROT_WRITE, ptr, toArrayBuffer, SysError } from "../../ffi/libc.ts";
 import type { StructBuf } from "../../ffi/struct.ts";
 import type { CpuidEntry } from "./kvm.ts";
 
@@ -90,6 +90,12 @@ export class Vcpu {
     const fd = ioctlInt(vmFd, Ioctl.CREATE_VCPU, id, `ioctl(KVM_CREATE_VCPU ${id})`);
     const addr = mmap(runSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0, "mmap(kvm_run)");
     return new Vcpu(fd, id, addr, runSize);
+  }
+
+  /** Unmap kvm_run and close the fd. The Vcpu must not be used afterwards. */
+  close(): void {
+    munmap(this.runAddr, this.run.byteLength);
+    close(this.fd);
   }
 
   /** KVM_RUN; returns 0 or -errno (EINTR is normal: a kick or one of JSC's own signals). */

@@ -7,7 +7,7 @@
  * JavaScript views (toArrayBuffer) are limited to 4 GiB, so the mapping is seen through 1 GiB windows;
  * `view()` returns a zero-copy Uint8Array within one window, `read`/`write` copy across windows.
  */
-import { ftruncate, memfdCreate, mmap, munmap, close, MAP_NORESERVE, MAP_SHARED, PROT_READ, PROT_WRITE, toArrayBuffer } from "../../ffi/libc.ts";
+import { ftruncate, madvise, memfdCreate, mmap, munmap, close, MADV_REMOVE, MAP_NORESERVE, MAP_SHARED, PROT_READ, PROT_WRITE, toArrayBuffer } from "../../ffi/libc.ts";
 import { GuestMemoryError, type GuestMemoryAccess, type RamRegion } from "./types.ts";
 
 export const WINDOW_SHIFT = 30;
@@ -152,6 +152,14 @@ export class GuestMemory implements GuestMemoryAccess {
       off += n;
     }
     return out;
+  }
+
+  /** Give all of RAM back to the host: afterwards every page reads as zero (a power cycle's RAM). */
+  discard(): void {
+    if (madvise(this.desc.hostAddr, this.desc.size, MADV_REMOVE) < 0) {
+      // Not expected for a memfd mapping; fall back to zeroing what the guest touched.
+      for (let off = 0; off < this.desc.size; off += WINDOW_SIZE) this.viewAtOffset(off, Math.min(WINDOW_SIZE, this.desc.size - off))!.fill(0);
+    }
   }
 
   /** Unmap and close. Only the creating thread may do this, and only once no view is in use. */

@@ -5,11 +5,12 @@
  */
 import { Kvm } from "../kvm/kvm.ts";
 import type { Vm, IrqRoute } from "../kvm/vm.ts";
+import type { CpuidEntry } from "../kvm/kvm.ts";
 import { KvmCap, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from "../../ffi/kvm-abi.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import * as L from "../arch/x86_64/layout.ts";
 import { vcpuCpuid, type CpuTopology } from "../arch/x86_64/cpuid.ts";
-import { bootMsrs } from "../arch/x86_64/regs.ts";
+import { bootMsrs, type BootCpuState } from "../arch/x86_64/regs.ts";
 import { loadKernel, initialCpuState } from "../arch/x86_64/boot/index.ts";
 import { buildAcpiTables } from "../arch/x86_64/acpi/index.ts";
 import { Buses } from "../devices/buses.ts";
@@ -78,17 +79,23 @@ export class Machine {
   readonly buses: Buses;
   readonly serial: Serial16550;
   private readonly exitServer: ExitServer;
+  /** Devices reset on a machine reset (the serial port keeps its host-side queues). */
+  private readonly resettable: { reset(): void }[] = [];
   /** The PCI root bus (q35 only). */
   pci: PciRoot | undefined;
+  vm!: Vm;
   state: RunState = "prelaunch";
   private stopListeners: ((e: StopEvent) => void)[] = [];
   private stopped: StopEvent | undefined;
+  private readonly supportedCpuid: CpuidEntry[];
+  private readonly msrIndexList: number[];
 
   private constructor(
     readonly config: MachineConfig,
     readonly kvm: Kvm,
-    readonly vm: Vm,
     readonly memory: GuestMemory,
+    private readonly kernel: Uint8Array,
+    private readonly initrd: Uint8Array | undefined,
     private readonly hooks: MachineHooks,
   ) {
     this.buses = new Buses((what) => hooks.log("debug", what));
@@ -98,11 +105,15 @@ export class Machine {
       () => this.serial.flush(),
       (e) => hooks.log("warn", e.message),
     );
-    void this.exitServer.run();
+    this.supportedCpuid = kvm.supportedCpuid();
+    this.msrIndexList = kvm.msrIndexList();
   }
 
-  /** Build the machine and its vCPUs; the vCPUs are ready but not running (state "prelaunch"). */
-  static async create(config: MachineConfig, hooks: MachineHooks): Promise<Machine> {
+  /**
+   * Build the machine and its vCPUs; they are ready but not running (state "prelaunch"). With
+   * `boot: false` (a migration destination) no kernel is loaded: RAM and vCPU state arrive later.
+   */
+  static async create(config: MachineConfig, hooks: MachineHooks, opts: { boot?: boolean } = {}): Promise<Machine> {
     installNoopSignalHandler();
     const kvm = Kvm.open();
     const maxVcpus = kvm.checkExtension(KvmCap.MAX_VCPUS) || kvm.checkExtension(KvmCap.NR_VCPUS);
@@ -111,26 +122,42 @@ export class Machine {
     }
     const kernel = await readInput(config.kernel, "-kernel");
     const initrd = config.initrd !== undefined ? await readInput(config.initrd, "-initrd") : undefined;
+    const memory = GuestMemory.create(L.ramRegions(config.memSize));
+    const m = new Machine(config, kvm, memory, kernel, initrd, hooks);
+    try {
+      m.attachDevices();
+      m.buildVm();
+      const boot = opts.boot === false ? undefined : m.loadGuest();
+      await m.startVcpus(boot);
+      void m.exitServer.run();
+    } catch (e) {
+      m.destroy();
+      throw e;
+    }
+    return m;
+  }
 
-    const vm = kvm.createVm();
+  /** A fresh KVM VM over the (kept) guest RAM: irqchip, PIT, interrupt routing, memory slots. */
+  private buildVm(): void {
+    const vm = this.kvm.createVm();
+    this.vm = vm;
     vm.setTssAddr(L.KVM_TSS_START);
     vm.setIdentityMapAddr(L.KVM_IDENTITY_MAP_START);
     vm.createIrqchip();
     vm.setGsiRouting(defaultRoutes());
     vm.createPit2();
+    for (const r of this.memory.regions) vm.setUserMemoryRegion(r.slot, 0, r.gpa, r.size, this.memory.hostAddr + r.offset);
+  }
 
-    const memory = GuestMemory.create(L.ramRegions(config.memSize));
-    for (const r of memory.regions) vm.setUserMemoryRegion(r.slot, 0, r.gpa, r.size, memory.hostAddr + r.offset);
-
-    const m = new Machine(config, kvm, vm, memory, hooks);
-    m.attachDevices();
-
-    const acpi = buildAcpiTables(memory, {
-      machine: config.machine,
-      cpus: config.topology.cpus,
+  /** Write ACPI tables and the kernel into guest RAM; returns the boot vCPU's initial state. */
+  private loadGuest(): BootCpuState {
+    const c = this.config;
+    const acpi = buildAcpiTables(this.memory, {
+      machine: c.machine,
+      cpus: c.topology.cpus,
       virtioMmio: [],
       pciRoot:
-        config.machine === "q35"
+        c.machine === "q35"
           ? {
               ecamBase: L.PCIE_ECAM_START,
               ecamSize: L.PCIE_ECAM_SIZE,
@@ -140,19 +167,17 @@ export class Machine {
             }
           : undefined,
     });
-    const entry = loadKernel(memory, {
-      kernel,
-      kernelPath: config.kernel,
-      cmdline: config.cmdline,
-      initrd,
-      initrdPath: config.initrd,
-      memSize: config.memSize,
-      machine: config.machine,
+    const entry = loadKernel(this.memory, {
+      kernel: this.kernel,
+      kernelPath: c.kernel,
+      cmdline: c.cmdline,
+      initrd: this.initrd,
+      initrdPath: c.initrd,
+      memSize: c.memSize,
+      machine: c.machine,
       rsdpGpa: acpi.rsdpGpa,
     });
-    const boot = initialCpuState(entry);
-    await m.startVcpus(boot);
-    return m;
+    return initialCpuState(entry);
   }
 
   private attachDevices(): void {
@@ -161,17 +186,19 @@ export class Machine {
     const i8042 = new I8042({ irq: this.irq(L.I8042_IRQ), onReset: () => this.guestStop({ kind: "reset", detail: "keyboard controller reset (i8042)" }) });
     // 0x60..0x64 (0x61 never exits: the in-kernel PIT answers it).
     b.registerPio(L.I8042_DATA_PORT, I8042_PORT_SPAN, i8042, "i8042");
-    b.registerPio(L.RTC_PORT, 2, new CmosRtc({ irq: this.irq(L.RTC_IRQ) }), "rtc");
+    const rtc = new CmosRtc({ irq: this.irq(L.RTC_IRQ) });
+    b.registerPio(L.RTC_PORT, 2, rtc, "rtc");
     b.registerPio(L.POST_PORT, 1, new PostPort(), "post");
     const pm = new AcpiPm({ onPowerOff: () => this.guestStop({ kind: "poweroff", detail: "ACPI S5 (power off)" }), sciIrq: this.irq(L.ACPI_SCI_IRQ) });
     b.registerPio(L.ACPI_PM_BASE, 12, pm, "acpi-pm");
     const reset = new ResetControl({ onReset: () => this.guestStop({ kind: "reset", detail: "reset control register (0xcf9)" }) });
-    // 0xcf8..0xcff: PCI config address/data on q35, with the reset control register's byte at 0xcf9.
     if (this.config.machine === "q35") {
       this.pci = new PciRoot();
       this.pci.attach(0, new SimpleConfigSpace(Q35_HOST_BRIDGE.vendor, Q35_HOST_BRIDGE.device, Q35_HOST_BRIDGE.classCode));
     }
+    // 0xcf8..0xcff: PCI config address/data on q35, with the reset control register's byte at 0xcf9.
     b.registerPio(L.PCI_CONFIG_ADDRESS_PORT, 8, new PciConfigPorts(this.pci, reset), "pci-config");
+    this.resettable.push(this.serial, i8042, rtc, pm, reset);
   }
 
   /** An interrupt line into the in-kernel irqchip. */
@@ -179,33 +206,26 @@ export class Machine {
     return { set: (level) => this.vm.irqLine(gsi, level) };
   }
 
-  private async startVcpus(boot: ReturnType<typeof initialCpuState>): Promise<void> {
-    const supported = this.kvm.supportedCpuid();
-    const msrIndexList = this.kvm.msrIndexList();
+  private async startVcpus(boot: BootCpuState | undefined): Promise<void> {
     const xsaveSize = Math.max(4096, this.kvm.checkExtension(KvmCap.XSAVE2));
     const runSize = this.kvm.vcpuMmapSize();
     const msrs = bootMsrs().map(([i, v]) => [i, v.toString()] as [number, string]);
+    const fresh: VcpuThread[] = [];
     for (let i = 0; i < this.config.topology.cpus; i++) {
-      this.vcpus.push(
-        new VcpuThread(
-          i,
-          this.exitServer,
-          (m) => this.onVcpuStopped(m),
-          (e) => this.hooks.log("warn", e.message),
-        ),
-      );
+      fresh.push(new VcpuThread(i, this.exitServer, (m) => this.onVcpuStopped(m), (e) => this.hooks.log("warn", e.message)));
     }
+    this.vcpus.push(...fresh);
     await Promise.all(
-      this.vcpus.map((v, i) =>
+      fresh.map((v, i) =>
         v.start({
           vmFd: this.vm.fd,
           runSize,
           // The timing leaf's TSC kHz is filled in by the Worker, which can ask its own vCPU.
-          cpuid: vcpuCpuid(supported, i, this.config.topology, 0),
+          cpuid: vcpuCpuid(this.supportedCpuid, i, this.config.topology, 0),
           bootMsrs: msrs,
           boot: i === 0 ? boot : undefined,
           xsaveSize,
-          msrIndexList,
+          msrIndexList: this.msrIndexList,
         }),
       ),
     );
@@ -222,6 +242,25 @@ export class Machine {
   async pause(state: RunState = "paused"): Promise<void> {
     await Promise.all(this.vcpus.map((v) => v.pause()));
     if (!this.stopped) this.state = state;
+  }
+
+  /**
+   * Reset the machine as a power cycle would: a new KVM VM (so vCPUs, irqchip and PIT start from
+   * KVM's reset state) over the same RAM, zeroed and reloaded with the kernel; devices reset. Runs
+   * again afterwards if it was running.
+   */
+  async reset(): Promise<void> {
+    const wasRunning = this.state === "running" || this.stopped?.kind === "reset";
+    await this.pause();
+    await this.destroyVcpus();
+    this.vm.close();
+    this.memory.discard();
+    for (const d of this.resettable) d.reset();
+    this.stopped = undefined;
+    this.buildVm();
+    await this.startVcpus(this.loadGuest());
+    if (wasRunning) this.resume();
+    else this.state = "paused";
   }
 
   onStop(cb: (e: StopEvent) => void): void {
@@ -252,13 +291,18 @@ export class Machine {
     }
   }
 
+  private async destroyVcpus(): Promise<void> {
+    await Promise.all(this.vcpus.map((v) => v.destroy()));
+    this.vcpus.length = 0;
+  }
+
+  /** Tear everything down without waiting (process exit path). */
   destroy(): void {
     this.exitServer.stop();
     for (const v of this.vcpus) v.terminate();
     this.vcpus.length = 0;
   }
 }
-
 async function readInput(path: string, flag: string): Promise<Uint8Array> {
   const f = Bun.file(path);
   if (!(await f.exists())) throw new MachineError(`${flag} ${path}: no such file`);

@@ -103,7 +103,9 @@ export type MainToVcpu =
   | VcpuInitMessage
   | { type: "run" }
   | { type: "save" }
-  | { type: "restore"; state: VcpuState };
+  | { type: "restore"; state: VcpuState }
+  /** Close the vCPU fd and unmap kvm_run (only while paused); answered with "destroyed". */
+  | { type: "destroy" };
 
 export type GuestStopReason = "triple-fault" | "internal-error" | "fail-entry" | "system-shutdown" | "system-reset" | "system-crash" | "unexpected-exit";
 
@@ -112,5 +114,6 @@ export type VcpuToMain =
   | { type: "paused"; id: number }
   | { type: "state"; id: number; state: VcpuState }
   | { type: "restored"; id: number }
+  | { type: "destroyed"; id: number }
   | { type: "stopped"; id: number; reason: GuestStopReason; detail: string; dump: string }
   | { type: "error"; id: number; message: string };

@@ -108,6 +108,16 @@ export class VcpuThread implements RequestSlot {
     return Atomics.load(this.ctl, CTL_EXITS);
   }
 
+  /** Release the vCPU (fd, kvm_run) and end the Worker. Only for a paused vCPU. */
+  async destroy(): Promise<void> {
+    if (!this.worker) return;
+    if (this.running) await this.pause();
+    const done = this.waitFor("destroyed");
+    this.post({ type: "destroy" });
+    await done;
+    this.terminate();
+  }
+
   terminate(): void {
     if (!this.worker) return;
     if (this.running && this.immediateExit) this.kick(WANT_EXIT);

@@ -340,6 +340,10 @@ self.onmessage = (ev: MessageEvent<MainToVcpu>) => {
         restoreState(msg.state);
         send({ type: "restored", id: vcpu.id });
         break;
+      case "destroy":
+        vcpu.close();
+        send({ type: "destroyed", id: vcpu.id });
+        break;
     }
   } catch (e) {
     send({ type: "error", id: init?.id ?? -1, message: (e as Error).message });
