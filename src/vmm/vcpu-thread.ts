@@ -29,6 +29,15 @@ export class VcpuError extends Error {
   }
 }
 
+/**
+ * The Worker's module. In the compiled binary it is a second entry point (see package.json "build"),
+ * stored by its path under the bundle root, which import.meta.url does not reflect there.
+ */
+function workerUrl(): string {
+  if (import.meta.url.startsWith("file:///$bunfs/")) return "/$bunfs/root/vmm/vcpu-worker.ts";
+  return new URL("./vcpu-worker.ts", import.meta.url).href;
+}
+
 type Waiter = { type: VcpuToMain["type"]; resolve: (m: VcpuToMain) => void; reject: (e: Error) => void };
 
 export class VcpuThread implements RequestSlot {
@@ -51,8 +60,7 @@ export class VcpuThread implements RequestSlot {
 
   /** Spawn the Worker, create and set up the vCPU in it; resolves once it is ready to run. */
   async start(init: Omit<VcpuInitMessage, "type" | "ctl" | "id" | "queue">): Promise<void> {
-    // The Worker file is a separate entry point of the compiled binary (see package.json "build").
-    this.worker = new Worker(new URL("./vcpu-worker.ts", import.meta.url).href);
+    this.worker = new Worker(workerUrl());
     this.worker.onmessage = (ev: MessageEvent<VcpuToMain>) => this.onMessage(ev.data);
     this.worker.onerror = (ev) => this.onError(new VcpuError(this.id, `worker failed: ${(ev as ErrorEvent).message}`));
     const ready = this.waitFor("ready");
