@@ -125,6 +125,7 @@ export class Machine {
     const memory = GuestMemory.create(L.ramRegions(config.memSize));
     const m = new Machine(config, kvm, memory, kernel, initrd, hooks);
     try {
+      m.spawnVcpus();
       m.attachDevices();
       m.buildVm();
       const boot = opts.boot === false ? undefined : m.loadGuest();
@@ -206,17 +207,22 @@ export class Machine {
     return { set: (level) => this.vm.irqLine(gsi, level) };
   }
 
+  /** Start the vCPU Worker threads (their vCPUs are created later, by startVcpus). */
+  private spawnVcpus(): void {
+    for (let i = 0; i < this.config.topology.cpus; i++) {
+      const v = new VcpuThread(i, this.exitServer, (m) => this.onVcpuStopped(m), (e) => this.hooks.log("warn", e.message));
+      v.spawn();
+      this.vcpus.push(v);
+    }
+  }
+
   private async startVcpus(boot: BootCpuState | undefined): Promise<void> {
     const xsaveSize = Math.max(4096, this.kvm.checkExtension(KvmCap.XSAVE2));
     const runSize = this.kvm.vcpuMmapSize();
     const msrs = bootMsrs().map(([i, v]) => [i, v.toString()] as [number, string]);
-    const fresh: VcpuThread[] = [];
-    for (let i = 0; i < this.config.topology.cpus; i++) {
-      fresh.push(new VcpuThread(i, this.exitServer, (m) => this.onVcpuStopped(m), (e) => this.hooks.log("warn", e.message)));
-    }
-    this.vcpus.push(...fresh);
+    if (this.vcpus.length === 0) this.spawnVcpus();
     await Promise.all(
-      fresh.map((v, i) =>
+      this.vcpus.map((v, i) =>
         v.start({
           vmFd: this.vm.fd,
           runSize,

@@ -58,11 +58,20 @@ export class VcpuThread implements RequestSlot {
     private readonly onError: (e: Error) => void,
   ) {}
 
-  /** Spawn the Worker, create and set up the vCPU in it; resolves once it is ready to run. */
-  async start(init: Omit<VcpuInitMessage, "type" | "ctl" | "id" | "queue">): Promise<void> {
+  /**
+   * Start the Worker thread. Loading its module takes a few milliseconds of its own thread's time, so
+   * the machine spawns Workers first and sets up the VM meanwhile.
+   */
+  spawn(): void {
+    if (this.worker) return;
     this.worker = new Worker(workerUrl());
     this.worker.onmessage = (ev: MessageEvent<VcpuToMain>) => this.onMessage(ev.data);
     this.worker.onerror = (ev) => this.onError(new VcpuError(this.id, `worker failed: ${(ev as ErrorEvent).message}`));
+  }
+
+  /** Create and set up the vCPU in its Worker; resolves once it is ready to run. */
+  async start(init: Omit<VcpuInitMessage, "type" | "ctl" | "id" | "queue">): Promise<void> {
+    this.spawn();
     const ready = this.waitFor("ready");
     this.post({ type: "init", id: this.id, ctl: this.sab, queue: this.server.sab, ...init });
     const m = (await ready) as Extract<VcpuToMain, { type: "ready" }>;
