@@ -1,0 +1,182 @@
+/**
+ * Sockets, pipes and file seeking through libc, for the migration data path: it runs in its own Worker
+ * with plain blocking file descriptors, so guest pages go from the memfd mapping to the socket with one
+ * writev and come back with one readv, never through a JavaScript copy.
+ */
+import { dlopen, FFIType, type Pointer } from "bun:ffi";
+import { check, errno, SysError } from "./libc.ts";
+
+const lib = dlopen("libc.so.6", {
+  socket: { args: ["i32", "i32", "i32"], returns: "i32" },
+  connect: { args: ["i32", "ptr", "u32"], returns: "i32" },
+  bind: { args: ["i32", "ptr", "u32"], returns: "i32" },
+  listen: { args: ["i32", "i32"], returns: "i32" },
+  accept4: { args: ["i32", "ptr", "ptr", "i32"], returns: "i32" },
+  shutdown: { args: ["i32", "i32"], returns: "i32" },
+  setsockopt: { args: ["i32", "i32", "i32", "ptr", "u32"], returns: "i32" },
+  getsockname: { args: ["i32", "ptr", "ptr"], returns: "i32" },
+  poll: { args: ["ptr", "u64", "i32"], returns: "i32" },
+  pipe2: { args: ["ptr", "i32"], returns: "i32" },
+  lseek: { args: ["i32", "i64", "i32"], returns: FFIType.i64_fast },
+  fchmod: { args: ["i32", "u32"], returns: "i32" },
+});
+const c = lib.symbols;
+
+export const AF_UNIX = 1;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const SOCK_STREAM = 1;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SOL_SOCKET = 1;
+export const SO_REUSEADDR = 2;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+export const IPPROTO_TCP = 6;
+export const TCP_NODELAY = 1;
+export const SHUT_RDWR = 2;
+export const POLLIN = 1;
+export const POLLOUT = 4;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+
+export type SockAddr = { family: "unix"; path: string } | { family: "inet"; host: string; port: number } | { family: "inet6"; host: string; port: number };
+
+/** Encode a sockaddr; hosts must be numeric addresses (resolve names before calling). */
+export function sockaddr(a: SockAddr): Uint8Array {
+  if (a.family === "unix") {
+    const path = Buffer.from(a.path);
+    if (path.byteLength > 107) throw new RangeError(`unix socket path too long (${path.byteLength} > 107 bytes): ${a.path}`);
+    const b = new Uint8Array(110);
+    new DataView(b.buffer).setUint16(0, AF_UNIX, true);
+    b.set(path, 2);
+    return b;
+  }
+  if (a.family === "inet") {
+    const parts = a.host.split(".").map(Number);
+    if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) throw new RangeError(`not an IPv4 address: ${a.host}`);
+    const b = new Uint8Array(16);
+    const dv = new DataView(b.buffer);
+    dv.setUint16(0, AF_INET, true);
+    dv.setUint16(2, a.port, false);
+    b.set(parts, 4);
+    return b;
+  }
+  const b = new Uint8Array(28);
+  const dv = new DataView(b.buffer);
+  dv.setUint16(0, AF_INET6, true);
+  dv.setUint16(2, a.port, false);
+  b.set(parseIpv6(a.host), 8);
+  return b;
+}
+
+function parseIpv6(host: string): Uint8Array {
+  const out = new Uint8Array(16);
+  const [head, tail] = host.includes("::") ? host.split("::") : [host, undefined];
+  const h = head ? head.split(":").filter((x) => x !== "") : [];
+  const t = tail !== undefined && tail !== "" ? tail.split(":") : [];
+  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill("0"), ...t];
+  if (groups.length !== 8) throw new RangeError(`not an IPv6 address: ${host}`);
+  groups.forEach((g, i) => {
+    const v = parseInt(g, 16);
+    if (!/^[0-9a-fA-F]{1,4}$/.test(g) || Number.isNaN(v)) throw new RangeError(`not an IPv6 address: ${host}`);
+    out[i * 2] = v >> 8;
+    out[i * 2 + 1] = v & 0xff;
+  });
+  return out;
+}
+
+function domainOf(a: SockAddr): number {
+  return a.family === "unix" ? AF_UNIX : a.family === "inet" ? AF_INET : AF_INET6;
+}
+
+function describe(a: SockAddr): string {
+  return a.family === "unix" ? a.path : a.family === "inet" ? `${a.host}:${a.port}` : `[${a.host}]:${a.port}`;
+}
+
+function setIntOpt(fd: number, level: number, opt: number, v: number): void {
+  const b = new Int32Array([v]);
+  c.setsockopt(fd, level, opt, b, 4);
+}
+
+/** A connected, blocking stream socket. */
+export function connectTo(a: SockAddr): number {
+  const fd = check("socket", c.socket(domainOf(a), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const sa = sockaddr(a);
+  if (c.connect(fd, sa, sa.byteLength) < 0) {
+    const e = errno();
+    closeFd(fd);
+    throw new SysError(`connect(${describe(a)})`, e);
+  }
+  if (a.family !== "unix") setIntOpt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+  return fd;
+}
+
+/** A listening, blocking stream socket (unix sockets get mode 0600 before anyone can connect). */
+export function listenOn(a: SockAddr, backlog = 1): number {
+  const fd = check("socket", c.socket(domainOf(a), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  try {
+    if (a.family !== "unix") setIntOpt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    else c.fchmod(fd, 0o600);
+    const sa = sockaddr(a);
+    check(`bind(${describe(a)})`, c.bind(fd, sa, sa.byteLength));
+    check(`listen(${describe(a)})`, c.listen(fd, backlog));
+  } catch (e) {
+    closeFd(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** The port a listening inet socket got (for port 0). */
+export function boundPort(fd: number): number {
+  const b = new Uint8Array(28);
+  const len = new Uint32Array([28]);
+  check("getsockname", c.getsockname(fd, b, len));
+  return new DataView(b.buffer).getUint16(2, false);
+}
+
+/** Block until a client connects; -errno on failure (EINVAL after shutdown() from another thread). */
+export function acceptRaw(fd: number): number {
+  const r = c.accept4(fd, null, null, SOCK_CLOEXEC);
+  return r < 0 ? -errno() : r;
+}
+
+export function tuneStream(fd: number, bufBytes: number): void {
+  setIntOpt(fd, SOL_SOCKET, SO_SNDBUF, bufBytes);
+  setIntOpt(fd, SOL_SOCKET, SO_RCVBUF, bufBytes);
+}
+
+/** Wake any thread blocked on this socket (accept, read, write): how a cancel interrupts the data path. */
+export function shutdownFd(fd: number): void {
+  c.shutdown(fd, SHUT_RDWR);
+}
+
+/** Wait for `events` on fd up to timeoutMs (-1 = forever); returns revents, 0 on timeout, -errno on error. */
+export function pollFd(fd: number, events: number, timeoutMs: number): number {
+  const pfd = new Uint8Array(8);
+  const dv = new DataView(pfd.buffer);
+  dv.setInt32(0, fd, true);
+  dv.setInt16(4, events, true);
+  const r = c.poll(pfd, 1, timeoutMs);
+  if (r < 0) return -errno();
+  return r === 0 ? 0 : dv.getInt16(6, true);
+}
+
+export function pipe(): [number, number] {
+  const fds = new Int32Array(2);
+  check("pipe2", c.pipe2(fds, SOCK_CLOEXEC));
+  return [fds[0]!, fds[1]!];
+}
+
+/** lseek; -errno on failure (ENXIO from SEEK_DATA means: no data at or after offset). */
+export function lseekRaw(fd: number, offset: number, whence: number): number {
+  const r = c.lseek(fd, offset, whence) as number;
+  return r < 0 ? -errno() : r;
+}
+
+const closeLib = dlopen("libc.so.6", { close: { args: ["i32"], returns: "i32" } });
+export function closeFd(fd: number): void {
+  closeLib.symbols.close(fd);
+}
+
+export type { Pointer };
