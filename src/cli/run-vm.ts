@@ -10,6 +10,22 @@ import { createLogger, log, setLogger } from "../util/log.ts";
 import { openChardev, type Chardev } from "../chardev/chardev.ts";
 import { Machine, type StopEvent } from "../vmm/machine.ts";
 import { flock, LOCK_EX, LOCK_NB } from "../../ffi/libc.ts";
+import { MigrationIncoming } from "../migration/incoming.ts";
+import type { MigrationUri } from "../migration/uri.ts";
+import type { IncomingConfig } from "./config.ts";
+
+function incomingUri(c: Exclude<IncomingConfig, { transport: "defer" }>): MigrationUri {
+  switch (c.transport) {
+    case "tcp":
+      return { transport: "tcp", host: c.host, port: c.port };
+    case "unix":
+      return { transport: "unix", path: c.path };
+    case "file":
+      return { transport: "file", path: c.path };
+    case "exec":
+      return { transport: "exec", command: c.command };
+  }
+}
 
 /** Set in a daemonized child: the fd of the pipe on which it tells its parent it is up. */
 const DAEMON_READY_FD_ENV = "KILN_DAEMON_READY_FD";
@@ -104,8 +120,10 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
   const finished = new Promise<number>((r) => (finish = r));
   let machine: Machine | undefined;
   let chardev: Chardev | undefined;
+  let incoming: MigrationIncoming | undefined;
 
   const shutdown = (code: number) => {
+    incoming?.close();
     machine?.destroy();
     chardev?.close();
     for (const c of cleanups.reverse()) c();
@@ -130,7 +148,15 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
         serialOutput: (b) => out.write(b),
         log: (level, msg) => log[level](msg),
       },
+      { boot: cfg.incoming === null },
     );
+    if (cfg.incoming) {
+      machine.state = "inmigrate";
+      if (cfg.incoming.transport !== "defer") {
+        incoming = new MigrationIncoming(machine, incomingUri(cfg.incoming), { onStatus: () => {}, log: (l, msg) => log[l](msg) });
+        await incoming.listen();
+      }
+    }
   } catch (e) {
     log.error((e as Error).message);
     shutdown(ExitCode.Error);
@@ -170,6 +196,19 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
 
   await chardev.ready();
   reportReady();
-  if (!cfg.process.startPaused) m.resume();
+  if (incoming) {
+    incoming.receive().then(
+      ({ run }) => {
+        if (run && !cfg.process.startPaused) m.resume();
+        else m.state = "paused";
+      },
+      (e: Error) => {
+        log.error(`incoming migration failed: ${e.message}`);
+        shutdown(ExitCode.Error);
+      },
+    );
+  } else if (!cfg.incoming && !cfg.process.startPaused) {
+    m.resume();
+  }
   return finished;
 }

@@ -12,6 +12,7 @@ import { GuestMemoryError, type GuestMemoryAccess, type RamRegion } from "./type
 
 export const WINDOW_SHIFT = 30;
 export const WINDOW_SIZE = 1 << WINDOW_SHIFT;
+const PAGE = 4096;
 
 export interface MemoryRegionDesc extends RamRegion {
   /** Offset of this region inside the memfd and the mapping. */
@@ -152,6 +153,34 @@ export class GuestMemory implements GuestMemoryAccess {
       off += n;
     }
     return out;
+  }
+
+  /**
+   * Pages written by kiln itself (device models), which KVM's dirty log does not see. While tracking is
+   * on, `markDirty` sets their bits here (one bit per page of the mapping, in memfd-offset order) and the
+   * migration sender collects and clears them with Atomics, from its own thread.
+   */
+  userDirty: Int32Array | undefined;
+
+  startDirtyTracking(): SharedArrayBuffer {
+    const words = Math.ceil(this.desc.size / PAGE / 32);
+    const sab = new SharedArrayBuffer(words * 4);
+    this.userDirty = new Int32Array(sab);
+    return sab;
+  }
+
+  stopDirtyTracking(): void {
+    this.userDirty = undefined;
+  }
+
+  /** Note that kiln wrote guest RAM at [gpa, gpa+len) (a no-op unless a migration tracks dirty pages). */
+  markDirty(gpa: number, len: number): void {
+    const bits = this.userDirty;
+    if (!bits || len <= 0) return;
+    const off = this.offsetOf(gpa, len);
+    for (let p = Math.floor(off / PAGE), end = Math.floor((off + len - 1) / PAGE); p <= end; p++) {
+      Atomics.or(bits, p >>> 5, 1 << (p & 31));
+    }
   }
 
   /** Give all of RAM back to the host: afterwards every page reads as zero (a power cycle's RAM). */

@@ -6,7 +6,7 @@
 import { Kvm } from "../kvm/kvm.ts";
 import type { Vm, IrqRoute } from "../kvm/vm.ts";
 import type { CpuidEntry } from "../kvm/kvm.ts";
-import { KvmCap, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from "../../ffi/kvm-abi.ts";
+import { KvmCap, KVM_MEM_LOG_DIRTY_PAGES, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from "../../ffi/kvm-abi.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import * as L from "../arch/x86_64/layout.ts";
 import { vcpuCpuid, type CpuTopology } from "../arch/x86_64/cpuid.ts";
@@ -25,6 +25,7 @@ import { PciConfigPorts, PciRoot, SimpleConfigSpace, Q35_HOST_BRIDGE } from "../
 import { VcpuThread, type StoppedMessage } from "./vcpu-thread.ts";
 import { ExitServer } from "./exit-server.ts";
 import { installNoopSignalHandler } from "../../ffi/libc.ts";
+import type { Persistent } from "../persist/persist.ts";
 
 export type MachineType = "microvm" | "q35";
 
@@ -79,15 +80,18 @@ export class Machine {
   readonly buses: Buses;
   readonly serial: Serial16550;
   private readonly exitServer: ExitServer;
-  /** Devices reset on a machine reset (the serial port keeps its host-side queues). */
-  private readonly resettable: { reset(): void }[] = [];
+  /** Stateful device models: reset with the machine, saved and restored by migration. */
+  readonly devices: (Persistent & { reset(): void })[] = [];
   /** The PCI root bus (q35 only). */
   pci: PciRoot | undefined;
   vm!: Vm;
   state: RunState = "prelaunch";
   private stopListeners: ((e: StopEvent) => void)[] = [];
+  private eventListeners: ((name: string, data?: Record<string, unknown>) => void)[] = [];
   private stopped: StopEvent | undefined;
   private readonly supportedCpuid: CpuidEntry[];
+  /** Bytes of a vCPU's XSAVE area (KVM_CAP_XSAVE2; 4096 without AMX). */
+  readonly xsaveSize: number;
   private readonly msrIndexList: number[];
 
   private constructor(
@@ -107,6 +111,7 @@ export class Machine {
     );
     this.supportedCpuid = kvm.supportedCpuid();
     this.msrIndexList = kvm.msrIndexList();
+    this.xsaveSize = Math.max(4096, kvm.checkExtension(KvmCap.XSAVE2));
   }
 
   /**
@@ -198,8 +203,9 @@ export class Machine {
       this.pci.attach(0, new SimpleConfigSpace(Q35_HOST_BRIDGE.vendor, Q35_HOST_BRIDGE.device, Q35_HOST_BRIDGE.classCode));
     }
     // 0xcf8..0xcff: PCI config address/data on q35, with the reset control register's byte at 0xcf9.
-    b.registerPio(L.PCI_CONFIG_ADDRESS_PORT, 8, new PciConfigPorts(this.pci, reset), "pci-config");
-    this.resettable.push(this.serial, i8042, rtc, pm, reset);
+    const pciPorts = new PciConfigPorts(this.pci, reset);
+    b.registerPio(L.PCI_CONFIG_ADDRESS_PORT, 8, pciPorts, "pci-config");
+    this.devices.push(this.serial, i8042, rtc, pm, reset, pciPorts);
   }
 
   /** An interrupt line into the in-kernel irqchip. */
@@ -217,7 +223,7 @@ export class Machine {
   }
 
   private async startVcpus(boot: BootCpuState | undefined): Promise<void> {
-    const xsaveSize = Math.max(4096, this.kvm.checkExtension(KvmCap.XSAVE2));
+    const xsaveSize = this.xsaveSize;
     const runSize = this.kvm.vcpuMmapSize();
     const msrs = bootMsrs().map(([i, v]) => [i, v.toString()] as [number, string]);
     if (this.vcpus.length === 0) this.spawnVcpus();
@@ -237,17 +243,47 @@ export class Machine {
     );
   }
 
-  /** Start (or resume) every vCPU. */
+  /** Start (or resume) every vCPU; a RESUME event when the guest was not running. */
   resume(): void {
     if (this.stopped) return;
+    const was = this.state;
     for (const v of this.vcpus) v.run();
     this.state = "running";
+    if (was !== "running") this.emit("RESUME");
   }
 
-  /** Park every vCPU; resolves when none runs guest code and every posted device write was applied. */
+  /**
+   * Park every vCPU; resolves when none runs guest code and every posted device write was applied.
+   * A STOP event when the guest was running.
+   */
   async pause(state: RunState = "paused"): Promise<void> {
+    const was = this.state;
     await Promise.all(this.vcpus.map((v) => v.pause()));
     if (!this.stopped) this.state = state;
+    if (was === "running") this.emit("STOP");
+  }
+
+  /** Machine events for QMP (STOP, RESUME, RESET, SHUTDOWN, POWERDOWN, MIGRATION...). */
+  onEvent(cb: (name: string, data?: Record<string, unknown>) => void): void {
+    this.eventListeners.push(cb);
+  }
+
+  emit(name: string, data?: Record<string, unknown>): void {
+    for (const cb of this.eventListeners) cb(name, data);
+  }
+
+  /**
+   * Turn on dirty page tracking for a migration: KVM logs guest writes per memory slot, and kiln's
+   * own writes go to a shared bitmap. Returns that bitmap for the migration sender.
+   */
+  startDirtyLog(): SharedArrayBuffer {
+    for (const r of this.memory.regions) this.vm.setUserMemoryRegion(r.slot, KVM_MEM_LOG_DIRTY_PAGES, r.gpa, r.size, this.memory.hostAddr + r.offset);
+    return this.memory.startDirtyTracking();
+  }
+
+  stopDirtyLog(): void {
+    this.memory.stopDirtyTracking();
+    for (const r of this.memory.regions) this.vm.setUserMemoryRegion(r.slot, 0, r.gpa, r.size, this.memory.hostAddr + r.offset);
   }
 
   /**
@@ -261,7 +297,7 @@ export class Machine {
     await this.destroyVcpus();
     this.vm.close();
     this.memory.discard();
-    for (const d of this.resettable) d.reset();
+    for (const d of this.devices) d.reset();
     this.stopped = undefined;
     this.buildVm();
     await this.startVcpus(this.loadGuest());

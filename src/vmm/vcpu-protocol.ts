@@ -103,7 +103,8 @@ export type MainToVcpu =
   | VcpuInitMessage
   | { type: "run" }
   | { type: "save" }
-  | { type: "restore"; state: VcpuState }
+  /** `tscAdvanceNs`: move the guest TSC forward by this much wall time (the downtime of a live migration). */
+  | { type: "restore"; state: VcpuState; tscAdvanceNs: number }
   /** Close the vCPU fd and unmap kvm_run (only while paused); answered with "destroyed". */
   | { type: "destroy" };
 

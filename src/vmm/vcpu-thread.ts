@@ -113,10 +113,10 @@ export class VcpuThread implements RequestSlot {
     return ((await p) as Extract<VcpuToMain, { type: "state" }>).state;
   }
 
-  async restore(state: VcpuState): Promise<void> {
+  async restore(state: VcpuState, tscAdvanceNs = 0): Promise<void> {
     if (this.running) throw new VcpuError(this.id, "restore while running");
     const p = this.waitFor("restored");
-    this.post({ type: "restore", state });
+    this.post({ type: "restore", state, tscAdvanceNs });
     await p;
   }
 

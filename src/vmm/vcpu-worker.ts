@@ -294,7 +294,7 @@ function saveState(): VcpuState {
 }
 
 /** Restore in the order QEMU uses: the TSC deadline only after the LAPIC it arms. */
-function restoreState(st: VcpuState): void {
+function restoreState(st: VcpuState, tscAdvanceNs: number): void {
   const regs = vcpu.getRegs();
   regs.bytes.set(st.regs);
   vcpu.setRegs(regs);
@@ -304,6 +304,12 @@ function restoreState(st: VcpuState): void {
   sregs.bytes.set(st.sregs);
   vcpu.setSregs(sregs);
   const msrs = st.msrs.map(([i, v]) => [i, BigInt(v)] as [number, bigint]);
+  if (tscAdvanceNs > 0) {
+    // The guest should see the wall time that passed while it was stopped, as KVM's documented TSC
+    // migration procedure does; its TSC runs at the rate the timing leaf announced.
+    const khz = BigInt(vcpu.getTscKhz());
+    for (const m of msrs) if (m[0] === Msr.IA32_TSC) m[1] += (BigInt(Math.round(tscAdvanceNs)) * khz) / 1_000_000n;
+  }
   vcpu.setMsrs(msrs.filter(([i]) => i !== Msr.IA32_TSC_DEADLINE));
   vcpu.setMpState(st.mpState);
   vcpu.setLapic(st.lapic);
@@ -337,7 +343,7 @@ self.onmessage = (ev: MessageEvent<MainToVcpu>) => {
         send({ type: "state", id: vcpu.id, state: saveState() });
         break;
       case "restore":
-        restoreState(msg.state);
+        restoreState(msg.state, msg.tscAdvanceNs);
         send({ type: "restored", id: vcpu.id });
         break;
       case "destroy":

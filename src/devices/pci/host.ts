@@ -4,6 +4,7 @@
  * this device owns 0xCF8..0xCFF on both machines and hands that byte to it.
  */
 import type { AccessSize, PioDevice } from "../bus.ts";
+import { PersistError, type Persistent } from "../../persist/persist.ts";
 
 /** A PCI function's configuration space. */
 export interface PciFunction {
@@ -70,17 +71,19 @@ export interface ResetRegister {
   write(value: number): void;
 }
 
-export class PciConfigPorts implements PioDevice {
+export class PciConfigPorts implements PioDevice, Persistent<{ address: number }> {
+  readonly persistName = "pci-config@0xcf8";
+  readonly persistVersion = 1;
   private address = 0;
 
   /** `root` is undefined on machines without PCI (microvm): then only the reset register answers. */
   constructor(
     private readonly root: PciRoot | undefined,
-    private readonly reset: ResetRegister,
+    private readonly resetRegister: ResetRegister,
   ) {}
 
   pioRead(offset: number, size: AccessSize): number {
-    if (offset === 1 && size === 1) return this.reset.read();
+    if (offset === 1 && size === 1) return this.resetRegister.read();
     if (!this.root) return size === 4 ? 0xffffffff : (1 << (size * 8)) - 1;
     if (offset === 0 && size === 4) return this.address >>> 0;
     if (offset >= 4) {
@@ -93,7 +96,7 @@ export class PciConfigPorts implements PioDevice {
 
   pioWrite(offset: number, size: AccessSize, value: number): void {
     if (offset === 1 && size === 1) {
-      this.reset.write(value);
+      this.resetRegister.write(value);
       return;
     }
     if (!this.root) return;
@@ -116,7 +119,15 @@ export class PciConfigPorts implements PioDevice {
     return { address: this.address };
   }
 
-  restore(s: { address: number }): void {
-    this.address = s.address >>> 0;
+  restore(s: { address: number }, version: number): void {
+    if (version !== this.persistVersion) throw new PersistError(this.persistName, `unsupported version ${version}`);
+    if (typeof s?.address !== "number" || !Number.isInteger(s.address) || s.address < 0 || s.address > 0xffffffff) {
+      throw new PersistError(this.persistName, "address must be a 32-bit unsigned integer");
+    }
+    this.address = s.address;
+  }
+
+  reset(): void {
+    this.address = 0;
   }
 }

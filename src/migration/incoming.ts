@@ -1,0 +1,189 @@
+/**
+ * The destination side: listen (or open the file / start the command), refuse a source whose guest
+ * configuration differs before anything is applied, take RAM and state, answer LOADED, and run the
+ * guest only once the source says COMMIT. Any error fails this destination (its guest never ran);
+ * the source then keeps running its guest.
+ */
+import type { Machine } from "../vmm/machine.ts";
+import { guestConfig, restoreMachineState } from "../vmm/machine-state.ts";
+import { pipe, closeFd } from "../../ffi/socket.ts";
+import { removeStaleSocket } from "../chardev/chardev.ts";
+import { WorkerChannel } from "./channel.ts";
+import { RCTL_BYTES, RCTL_TEXT, RCTL_TEXT_LEN, RCTL_VERDICT, VERDICT_FAILED, VERDICT_LOADED, type RecvCommand, type RecvEvent, type RecvSource } from "./worker-protocol.ts";
+import { describeUri, resolveSockAddr, type MigrationUri } from "./uri.ts";
+import { decodeState, FLAG_SNAPSHOT, WireError, type StateSection } from "./wire.ts";
+import type { MigrationStatus } from "./source.ts";
+import { existsSync, unlinkSync } from "node:fs";
+
+/** The longest a live migration may have kept the guest stopped for its clock to be advanced by it. */
+const MAX_ADVANCE_NS = 10e9;
+
+export interface IncomingHooks {
+  onStatus(status: MigrationStatus): void;
+  log(level: "info" | "warn" | "debug", msg: string): void;
+}
+
+export interface IncomingResult {
+  /** Whether the guest should run now (it was running on the source). */
+  run: boolean;
+}
+
+export class IncomingError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "IncomingError";
+  }
+}
+
+export class MigrationIncoming {
+  status: MigrationStatus = "none";
+  errorDesc: string | undefined;
+  private ch: WorkerChannel<RecvCommand, RecvEvent> | undefined;
+  private child: ReturnType<typeof Bun.spawn> | undefined;
+  private unixPath: string | undefined;
+  private readonly ctlSab = new SharedArrayBuffer(RCTL_BYTES);
+  private readonly ctl = new Int32Array(this.ctlSab);
+  private readonly ctlBytes = new Uint8Array(this.ctlSab);
+
+  constructor(
+    private readonly m: Machine,
+    private readonly uri: MigrationUri,
+    private readonly hooks: IncomingHooks,
+  ) {}
+
+  private setStatus(s: MigrationStatus): void {
+    this.status = s;
+    this.hooks.onStatus(s);
+  }
+
+  /** Start listening (sockets) or prepare the file/command; resolves once a source can connect. */
+  async listen(): Promise<void> {
+    const u = this.uri;
+    let source: RecvSource;
+    if (u.transport === "tcp" || u.transport === "unix") {
+      if (u.transport === "unix") {
+        await refuseLiveSocket(u.path);
+        this.unixPath = u.path;
+      }
+      source = { kind: "listen", addr: await resolveSockAddr(u, true), display: describeUri(u) };
+    } else if (u.transport === "file") {
+      source = { kind: "file", path: u.path };
+    } else {
+      const [r, w] = pipe();
+      this.child = Bun.spawn(["/bin/sh", "-c", u.command], { stdin: "ignore", stdout: w, stderr: "inherit" });
+      closeFd(w);
+      source = { kind: "fd", fd: r, display: u.command };
+    }
+    this.ch = new WorkerChannel<RecvCommand, RecvEvent>("recv-worker");
+    const init = await this.ch.call({ type: "init", memory: this.m.memory.desc, ctl: this.ctlSab, config: guestConfig(this.m) });
+    if (init.type === "error") throw new IncomingError(init.message);
+    const ready = await this.ch.call({ type: "prepare", source });
+    if (ready.type === "error") throw new IncomingError(ready.message);
+  }
+
+  /**
+   * Receive one migration. Resolves with whether to run the guest (after COMMIT, or at the end of a
+   * file/exec stream); rejects with the reason the incoming migration failed.
+   */
+  async receive(): Promise<IncomingResult> {
+    const ch = this.ch!;
+    const sections: StateSection[] = [];
+    let run = false;
+    const outcome = new Promise<void>((resolve, reject) => {
+      ch.onEvent((ev) => {
+        switch (ev.type) {
+          case "connected":
+            this.setStatus("active");
+            break;
+          case "state":
+            try {
+              sections.push(decodeState(ev.payload));
+            } catch (e) {
+              reject(e as Error);
+            }
+            break;
+          case "end":
+            void this.applyEnd(ev.json, ev.flags, sections).then(
+              (r) => {
+                run = r;
+                this.verdict(VERDICT_LOADED);
+              },
+              (e: Error) => {
+                this.verdict(VERDICT_FAILED, e.message);
+                reject(e);
+              },
+            );
+            break;
+          case "done":
+            resolve();
+            break;
+          case "error":
+            reject(new IncomingError(ev.message));
+            break;
+        }
+      });
+    });
+    ch.post({ type: "receive" });
+    try {
+      await outcome;
+      this.setStatus("completed");
+      return { run };
+    } catch (e) {
+      this.errorDesc = (e as Error).message;
+      this.setStatus("failed");
+      throw e;
+    } finally {
+      this.close();
+    }
+  }
+
+  /** Apply the received state (the Worker waits for the verdict before it answers LOADED). */
+  private async applyEnd(json: string, flags: number, sections: StateSection[]): Promise<boolean> {
+    let end: { runState?: unknown; pausedRealtimeNs?: unknown };
+    try {
+      end = JSON.parse(json);
+    } catch {
+      throw new WireError("the END record is not JSON");
+    }
+    const snapshot = (flags & FLAG_SNAPSHOT) !== 0;
+    const paused = typeof end.pausedRealtimeNs === "number" ? end.pausedRealtimeNs : 0;
+    const advanceNs = snapshot ? 0 : Math.min(Math.max(Date.now() * 1e6 - paused, 0), MAX_ADVANCE_NS);
+    await restoreMachineState(this.m, sections, { advanceNs });
+    return end.runState === "running";
+  }
+
+  private verdict(v: number, text = ""): void {
+    const bytes = new TextEncoder().encode(text).subarray(0, RCTL_BYTES - RCTL_TEXT);
+    this.ctlBytes.set(bytes, RCTL_TEXT);
+    Atomics.store(this.ctl, RCTL_TEXT_LEN, bytes.byteLength);
+    Atomics.store(this.ctl, RCTL_VERDICT, v);
+    Atomics.notify(this.ctl, RCTL_VERDICT);
+  }
+
+  close(): void {
+    this.ch?.terminate();
+    this.ch = undefined;
+    this.child?.kill("SIGKILL");
+    if (this.unixPath && existsSync(this.unixPath)) {
+      try {
+        unlinkSync(this.unixPath);
+      } catch {
+        // gone already
+      }
+    }
+  }
+}
+
+/** A unix socket path in use by a live process is refused; a stale file is removed. */
+async function refuseLiveSocket(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  const live = await Bun.connect({ unix: path, socket: { data() {} } }).then(
+    (s) => {
+      s.end();
+      return true;
+    },
+    () => false,
+  );
+  if (live) throw new IncomingError(`${path} is in use by another process`);
+  removeStaleSocket(path);
+}

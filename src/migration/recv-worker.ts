@@ -1,0 +1,245 @@
+/**
+ * The migration destination's data path, in its own thread: it accepts (or opens) the incoming stream,
+ * validates every record, reads guest pages straight into the memfd mapping with readv, and hands the
+ * small records (configuration, component state, end) to the main thread, which applies them.
+ *
+ * Commands arrive by postMessage; "receive" runs until the END record (or an error) and posts the
+ * records it does not handle itself as events along the way.
+ */
+import { GuestMemory } from "../memory/guest-memory.ts";
+import { open, O_RDONLY, close as closeFdLibc } from "../../ffi/libc.ts";
+import { acceptRaw, listenOn, tuneStream, closeFd } from "../../ffi/socket.ts";
+import { IovecList, readExact, readvAll, writeAll, TransportError } from "./fdio.ts";
+import { errnoMessage } from "../../ffi/errno.ts";
+import { configMismatch, type GuestConfig } from "../vmm/machine-state.ts";
+import { RCTL_TEXT, RCTL_TEXT_LEN, RCTL_VERDICT, VERDICT_LOADED, type RecvCommand, type RecvEvent, type RecvSource, type RecvStats } from "./worker-protocol.ts";
+import {
+  FLAG_RETURN_PATH,
+  HEADER_SIZE,
+  LIMITS,
+  PAGE_SIZE,
+  RAM_HEAD_SIZE,
+  Rec,
+  RECORD_HEADER_SIZE,
+  RUN_DATA,
+  RUN_DESC_SIZE,
+  WireError,
+  decodeHeader,
+  decodeRecordHeader,
+  decodeRuns,
+  record,
+} from "./wire.ts";
+
+declare const self: Worker;
+
+let mem: GuestMemory;
+let ctl: Int32Array;
+let ctlBytes: Uint8Array;
+let expected: GuestConfig;
+let listenFd = -1;
+let fd = -1;
+let source: RecvSource;
+
+function send(e: RecvEvent): void {
+  self.postMessage(e);
+}
+
+function prepare(s: RecvSource): void {
+  source = s;
+  if (s.kind === "listen") {
+    try {
+      listenFd = listenOn(s.addr);
+    } catch (e) {
+      throw new TransportError(`cannot listen for an incoming migration on ${s.display}: ${(e as Error).message}`);
+    }
+    send({ type: "listening", listenFd });
+  } else {
+    send({ type: "ok" });
+  }
+}
+
+function connect(): number {
+  const s = source;
+  if (s.kind === "listen") {
+    const c = acceptRaw(listenFd);
+    if (c < 0) throw new TransportError(`accepting the incoming migration failed: ${errnoMessage(-c)}`);
+    // One migration per listener, as QEMU: stop listening once the source is here.
+    closeFd(listenFd);
+    listenFd = -1;
+    tuneStream(c, 4 << 20);
+    return c;
+  }
+  if (s.kind === "file") {
+    try {
+      return open(s.path, O_RDONLY);
+    } catch (e) {
+      throw new TransportError(`cannot open the migration file ${s.path}: ${(e as Error).message}`);
+    }
+  }
+  return s.fd;
+}
+
+function readPayload(length: number, limit: number, what: string): Uint8Array {
+  if (length > limit) throw new WireError(`${what} record is too large (${length} bytes, limit ${limit})`);
+  return readExact(fd, length)!;
+}
+
+/** A RAM record: validate the run table, then read the data straight into guest memory. */
+function receiveRam(length: number, stats: RecvStats): void {
+  if (length < RAM_HEAD_SIZE) throw new WireError("RAM record too short");
+  const head = readExact(fd, RAM_HEAD_SIZE)!;
+  const hv = new DataView(head.buffer);
+  const count = hv.getUint32(0, true);
+  if (hv.getUint32(4, true) !== 0) throw new WireError("RAM record flags are not zero");
+  if (count === 0 || count > LIMITS.runsPerRecord) throw new WireError(`RAM record has a bad run count ${count}`);
+  const tableLen = count * RUN_DESC_SIZE;
+  if (RAM_HEAD_SIZE + tableLen > length) throw new WireError("RAM record run table overruns the record");
+  const table = readExact(fd, tableLen)!;
+  const { runs, dataPages } = decodeRuns(table, count, (gpa, len) => mem.contains(gpa, len));
+  if (RAM_HEAD_SIZE + tableLen + dataPages * PAGE_SIZE !== length) {
+    throw new WireError(`RAM record length ${length} does not match its ${dataPages} data pages`);
+  }
+  const list = new IovecList();
+  const flushList = () => {
+    readvAll(fd, list);
+    list.reset();
+  };
+  for (const r of runs) {
+    if (r.kind === RUN_DATA) {
+      // One run lies inside one RAM region (decodeRuns checked), so its host range is contiguous.
+      if (list.full) flushList();
+      list.addRaw(mem.hostAddress(r.gpa, r.pages * PAGE_SIZE), r.pages * PAGE_SIZE);
+      stats.dataPages += r.pages;
+    }
+  }
+  if (list.bytes > 0) flushList();
+  for (const r of runs) {
+    if (r.kind === RUN_DATA) continue;
+    // The source names each page at most once per record, so zero runs can follow the data reads.
+    const v = mem.view(r.gpa, r.pages * PAGE_SIZE);
+    if (v) v.fill(0);
+    else mem.write(r.gpa, new Uint8Array(r.pages * PAGE_SIZE));
+    stats.zeroPages += r.pages;
+  }
+  stats.bytes += length;
+}
+
+function receive(): void {
+  fd = connect();
+  const header = readExact(fd, HEADER_SIZE, "migration stream", true);
+  if (!header) throw new TransportError("the migration stream is empty");
+  const { flags } = decodeHeader(header);
+  send({ type: "connected", fd, flags });
+  const stats: RecvStats = { bytes: HEADER_SIZE, dataPages: 0, zeroPages: 0 };
+  let sawConfig = false;
+  for (;;) {
+    const h = readExact(fd, RECORD_HEADER_SIZE, "migration stream", true);
+    if (!h) throw new TransportError("the migration stream ended before its END record");
+    const { type, length } = decodeRecordHeader(h);
+    stats.bytes += RECORD_HEADER_SIZE;
+    if (type !== Rec.CONFIG && !sawConfig) throw new WireError(`record ${type} before the configuration`);
+    switch (type) {
+      case Rec.CONFIG: {
+        if (sawConfig) throw new WireError("a second configuration record");
+        sawConfig = true;
+        const text = new TextDecoder().decode(readPayload(length, LIMITS.configBytes, "configuration"));
+        let theirs: unknown;
+        try {
+          theirs = JSON.parse(text);
+        } catch {
+          throw new WireError("the configuration record is not JSON");
+        }
+        const why = configMismatch(expected, theirs);
+        if (why) {
+          answer(flags, Rec.ERROR, why);
+          throw new TransportError(why);
+        }
+        answer(flags, Rec.CONFIG_OK);
+        stats.bytes += length;
+        break;
+      }
+      case Rec.RAM:
+        receiveRam(length, stats);
+        break;
+      case Rec.PASS: {
+        const p = readPayload(length, 4, "pass");
+        if (p.byteLength !== 4) throw new WireError("pass record must be 4 bytes");
+        send({ type: "pass", pass: new DataView(p.buffer).getUint32(0, true) });
+        stats.bytes += length;
+        break;
+      }
+      case Rec.STATE:
+        send({ type: "state", payload: readPayload(length, LIMITS.stateBytes, "state") });
+        stats.bytes += length;
+        break;
+      case Rec.END: {
+        stats.bytes += length;
+        send({ type: "end", json: new TextDecoder().decode(readPayload(length, LIMITS.endBytes, "end")), flags, stats });
+        // The main thread applies the state; wait for its verdict before answering the source.
+        while (Atomics.load(ctl, RCTL_VERDICT) === 0) Atomics.wait(ctl, RCTL_VERDICT, 0);
+        if (Atomics.load(ctl, RCTL_VERDICT) !== VERDICT_LOADED) {
+          const why = new TextDecoder().decode(ctlBytes.subarray(RCTL_TEXT, RCTL_TEXT + ctl[RCTL_TEXT_LEN]!));
+          answer(flags, Rec.ERROR, why);
+          throw new TransportError(why);
+        }
+        if (!(flags & FLAG_RETURN_PATH)) {
+          send({ type: "done", committed: false });
+          return;
+        }
+        answer(flags, Rec.LOADED);
+        const committed = awaitCommit();
+        if (!committed) throw new TransportError("the source went away before the switchover (no COMMIT)");
+        send({ type: "done", committed });
+        return;
+      }
+      default:
+        throw new WireError(`unknown record type ${type}`);
+    }
+  }
+}
+
+/** A return-path record, when the stream has a return path. */
+function answer(flags: number, rtype: number, text = ""): void {
+  if (flags & FLAG_RETURN_PATH) writeAll(fd, record(rtype, new TextEncoder().encode(text)), "return path");
+}
+
+function awaitCommit(): boolean {
+  const h = readExact(fd, RECORD_HEADER_SIZE, "migration stream", true);
+  if (!h) return false;
+  const { type, length } = decodeRecordHeader(h);
+  if (type !== Rec.COMMIT || length !== 0) throw new WireError(`expected the switchover (COMMIT), got record ${type}`);
+  return true;
+}
+
+function handle(msg: RecvCommand): void {
+  switch (msg.type) {
+    case "init":
+      mem = GuestMemory.attach(msg.memory);
+      ctl = new Int32Array(msg.ctl);
+      ctlBytes = new Uint8Array(msg.ctl);
+      expected = msg.config;
+      send({ type: "ok" });
+      return;
+    case "prepare":
+      prepare(msg.source);
+      return;
+    case "receive":
+      receive();
+      return;
+    case "close":
+      if (fd >= 0 && !(source?.kind === "fd")) closeFdLibc(fd);
+      if (listenFd >= 0) closeFd(listenFd);
+      fd = -1;
+      listenFd = -1;
+      send({ type: "ok" });
+      return;
+  }
+}
+
+self.onmessage = (ev: MessageEvent<RecvCommand>) => {
+  try {
+    handle(ev.data);
+  } catch (e) {
+    send({ type: "error", message: (e as Error).message });
+  }
+};

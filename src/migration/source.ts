@@ -1,0 +1,294 @@
+/**
+ * The source side of a live migration (pre-copy):
+ *
+ *   setup    connect, send the header and the guest configuration, wait for the destination's OK,
+ *            turn on dirty logging
+ *   active   pass 1 sends every page that holds data; then, while the expected downtime (pages still
+ *            dirty / measured bandwidth) exceeds downtime-limit, another pass sends what was dirtied
+ *   switch   pause the vCPUs, send the last dirty pages and every component's state, wait until the
+ *            destination has loaded it all, then tell it to run (COMMIT)
+ *
+ * Whatever fails or is cancelled before COMMIT, the guest keeps running here.
+ */
+import type { Machine } from "../vmm/machine.ts";
+import { guestConfig, saveMachineState } from "../vmm/machine-state.ts";
+import { shutdownFd, pipe, closeFd } from "../../ffi/socket.ts";
+import { WorkerChannel } from "./channel.ts";
+import { SCTL_CANCEL, SCTL_SLEEP, SCTL_WORDS, type SendCommand, type SendReply, type SendStats, type SendTarget } from "./worker-protocol.ts";
+import { describeUri, resolveSockAddr, type MigrationUri } from "./uri.ts";
+import { encodeHeader, encodeState, FLAG_RETURN_PATH, FLAG_SNAPSHOT, jsonRecord, record, Rec, PAGE_SIZE } from "./wire.ts";
+import type { MigrationParameters } from "./params.ts";
+
+export type MigrationStatus = "none" | "setup" | "active" | "completed" | "failed" | "cancelling" | "cancelled";
+
+export class MigrationFailed extends Error {}
+class CancelledError extends Error {}
+
+/** Progress as query-migrate reports it. */
+export interface MigrationProgress {
+  status: MigrationStatus;
+  startedAt: number;
+  setupMs: number;
+  totalMs?: number;
+  downtimeMs?: number;
+  expectedDowntimeMs: number;
+  transferred: number;
+  totalBytes: number;
+  remaining: number;
+  duplicate: number;
+  normal: number;
+  dirtySyncCount: number;
+  dirtyPagesRate: number;
+  mbps: number;
+  pass: number;
+  errorDesc?: string;
+}
+
+export interface SourceHooks {
+  onStatus(status: MigrationStatus): void;
+  onPass(pass: number): void;
+  log(level: "info" | "warn" | "debug", msg: string): void;
+}
+
+/** How long the destination may take to answer at setup and at switchover. */
+const CONFIG_TIMEOUT_MS = 30_000;
+const LOADED_TIMEOUT_MS = 60_000;
+
+export class MigrationSource {
+  readonly progress: MigrationProgress;
+  private readonly ch = new WorkerChannel<SendCommand, SendReply>("send-worker");
+  private readonly ctlSab = new SharedArrayBuffer(SCTL_WORDS * 4);
+  private readonly ctl = new Int32Array(this.ctlSab);
+  private fd = -1;
+  private child: ReturnType<typeof Bun.spawn> | undefined;
+  private cancelRequested = false;
+  private pausedByUs = false;
+  private dirtyLogging = false;
+  private readonly done: Promise<void>;
+
+  constructor(
+    private readonly m: Machine,
+    private readonly uri: MigrationUri,
+    private readonly params: MigrationParameters,
+    private readonly hooks: SourceHooks,
+  ) {
+    this.progress = {
+      status: "setup",
+      startedAt: performance.now(),
+      setupMs: 0,
+      expectedDowntimeMs: params["downtime-limit"],
+      transferred: 0,
+      totalBytes: m.memory.size,
+      remaining: m.memory.size,
+      duplicate: 0,
+      normal: 0,
+      dirtySyncCount: 0,
+      dirtyPagesRate: 0,
+      mbps: 0,
+      pass: 0,
+    };
+    this.done = this.run();
+  }
+
+  get finished(): Promise<void> {
+    return this.done;
+  }
+
+  /** migrate_cancel: stop at the next opportunity, unblocking a stalled transfer. */
+  cancel(): void {
+    if (this.cancelRequested || !["setup", "active"].includes(this.progress.status)) return;
+    this.cancelRequested = true;
+    this.setStatus("cancelling");
+    Atomics.store(this.ctl, SCTL_CANCEL, 1);
+    Atomics.notify(this.ctl, SCTL_SLEEP);
+    if (this.fd >= 0) shutdownFd(this.fd);
+    this.child?.kill("SIGKILL");
+  }
+
+  /** max-bandwidth changed while running (migrate-set-parameters). */
+  setBandwidth(bytesPerSec: number): void {
+    void this.ch.call({ type: "bandwidth", bytesPerSec });
+  }
+
+  private setStatus(s: MigrationStatus): void {
+    this.progress.status = s;
+    this.hooks.onStatus(s);
+  }
+
+  private async cmd(c: SendCommand): Promise<SendReply> {
+    const r = await this.ch.call(c);
+    if (r.type === "error") {
+      if (r.cancelled || this.cancelRequested) throw new CancelledError(r.message);
+      throw new MigrationFailed(r.message);
+    }
+    return r;
+  }
+
+  private check(): void {
+    if (this.cancelRequested) throw new CancelledError("cancelled");
+  }
+
+  private account(s: SendStats): void {
+    const p = this.progress;
+    p.transferred += s.bytes;
+    p.normal += s.normalPages;
+    p.duplicate += s.zeroPages;
+    if (s.ms > 0 && s.bytes > 0) p.mbps = (s.bytes * 8) / 1e6 / (s.ms / 1000);
+  }
+
+  private async openTarget(): Promise<{ target: SendTarget; returnPath: boolean; snapshot: boolean }> {
+    const u = this.uri;
+    switch (u.transport) {
+      case "tcp":
+      case "unix":
+        return { target: { kind: "socket", addr: await resolveSockAddr(u), display: describeUri(u) }, returnPath: true, snapshot: false };
+      case "file":
+        return { target: { kind: "file", path: u.path }, returnPath: false, snapshot: true };
+      case "exec": {
+        // The stream goes to the command's stdin; kiln keeps the write end of the pipe.
+        const [r, w] = pipe();
+        this.child = Bun.spawn(["/bin/sh", "-c", u.command], { stdin: r, stdout: "inherit", stderr: "inherit" });
+        closeFd(r);
+        return { target: { kind: "fd", fd: w, display: u.command }, returnPath: false, snapshot: true };
+      }
+    }
+  }
+
+  private async run(): Promise<void> {
+    const m = this.m;
+    const p = this.progress;
+    this.hooks.onStatus("setup");
+    try {
+      const userDirty = m.startDirtyLog();
+      this.dirtyLogging = true;
+      await this.cmd({ type: "init", memory: m.memory.desc, vmFd: m.vm.fd, userDirty, ctl: this.ctlSab, maxBandwidth: this.params["max-bandwidth"] });
+      const { target, returnPath, snapshot } = await this.openTarget();
+      this.check();
+      const opened = (await this.cmd({ type: "open", target })) as Extract<SendReply, { type: "opened" }>;
+      this.fd = opened.fd;
+      const flags = (returnPath ? FLAG_RETURN_PATH : 0) | (snapshot ? FLAG_SNAPSHOT : 0);
+      const header = new Uint8Array([...encodeHeader(flags), ...jsonRecord(Rec.CONFIG, guestConfig(m))]);
+      await this.cmd({ type: "write", bytes: header });
+      if (returnPath) await this.expect(Rec.CONFIG_OK, CONFIG_TIMEOUT_MS);
+      p.setupMs = performance.now() - p.startedAt;
+      this.setStatus("active");
+
+      // Pass 1: everything that holds data. Dirty logging is already on, so nothing written meanwhile is lost.
+      await this.pass(true);
+      for (;;) {
+        this.check();
+        const dirty = ((await this.cmd({ type: "sync" })) as Extract<SendReply, { type: "synced" }>).dirtyPages;
+        p.dirtySyncCount++;
+        p.remaining = dirty * PAGE_SIZE;
+        const bytesPerMs = Math.max(p.mbps * 1e6 / 8 / 1000, 1);
+        p.expectedDowntimeMs = Math.round(p.remaining / bytesPerMs);
+        if (p.expectedDowntimeMs <= this.params["downtime-limit"] || m.state !== "running") break;
+        await this.pass(false);
+      }
+
+      // Switchover: from here the guest is stopped; everything still dirty goes now.
+      const wasRunning = m.state === "running";
+      const pausedAt = performance.now();
+      if (wasRunning) {
+        this.pausedByUs = true;
+        await m.pause("finish-migrate");
+      }
+      const pausedRealtimeNs = Date.now() * 1e6;
+      await this.cmd({ type: "sync" });
+      p.dirtySyncCount++;
+      await this.pass(false, true);
+      const sections = await saveMachineState(m);
+      const tail: Uint8Array[] = sections.map(encodeState);
+      tail.push(jsonRecord(Rec.END, { runState: wasRunning ? "running" : "paused", pausedRealtimeNs }));
+      await this.cmd({ type: "write", bytes: concat(tail) });
+      if (returnPath) {
+        await this.expect(Rec.LOADED, LOADED_TIMEOUT_MS);
+        // The point of no return: after COMMIT the destination runs the guest, so this side must not.
+        await this.cmd({ type: "write", bytes: record(Rec.COMMIT) });
+      }
+      await this.cmd({ type: "close" });
+      this.fd = -1;
+      if (this.child) {
+        const code = await this.child.exited;
+        if (code !== 0) throw new MigrationFailed(`the exec migration command exited with status ${code}`);
+      }
+      p.downtimeMs = Math.round(performance.now() - pausedAt);
+      p.remaining = 0;
+      p.totalMs = Math.round(performance.now() - p.startedAt);
+      this.stopDirtyLog();
+      this.pausedByUs = false;
+      m.state = "postmigrate";
+      this.setStatus("completed");
+      this.hooks.log("info", `migration to ${describeUri(this.uri)} completed in ${p.totalMs} ms, downtime ${p.downtimeMs} ms`);
+    } catch (e) {
+      await this.abort(e as Error);
+    } finally {
+      this.ch.terminate();
+    }
+  }
+
+  private async pass(full: boolean, final = false): Promise<void> {
+    const p = this.progress;
+    p.pass++;
+    await this.cmd({ type: "write", bytes: passRecord(p.pass) });
+    if (!final) this.hooks.onPass(p.pass);
+    const t0 = performance.now();
+    const r = (await this.cmd({ type: "send", full })) as Extract<SendReply, { type: "sent" }>;
+    this.account(r.stats);
+    const secs = (performance.now() - t0) / 1000;
+    if (!full && secs > 0) p.dirtyPagesRate = Math.round((r.stats.normalPages + r.stats.zeroPages) / secs);
+  }
+
+  private async expect(type: number, timeoutMs: number): Promise<void> {
+    const r = (await this.cmd({ type: "await", timeoutMs })) as Extract<SendReply, { type: "response" }>;
+    if (r.rtype === Rec.ERROR) throw new MigrationFailed(`the destination refused: ${r.text}`);
+    if (r.rtype !== type) throw new MigrationFailed(`unexpected answer ${r.rtype} from the destination`);
+  }
+
+  private stopDirtyLog(): void {
+    if (!this.dirtyLogging) return;
+    this.dirtyLogging = false;
+    this.m.stopDirtyLog();
+  }
+
+  /** Failure or cancel before COMMIT: the guest goes on running here as if nothing happened. */
+  private async abort(e: Error): Promise<void> {
+    const p = this.progress;
+    if (this.fd >= 0) shutdownFd(this.fd);
+    await this.ch.call({ type: "close" });
+    this.fd = -1;
+    this.child?.kill("SIGKILL");
+    this.stopDirtyLog();
+    if (this.pausedByUs) {
+      this.pausedByUs = false;
+      this.m.resume();
+    } else if (this.m.state === "finish-migrate") {
+      this.m.state = "paused";
+    }
+    p.totalMs = Math.round(performance.now() - p.startedAt);
+    if (e instanceof CancelledError || this.cancelRequested) {
+      this.setStatus("cancelled");
+      this.hooks.log("info", `migration to ${describeUri(this.uri)} cancelled`);
+    } else {
+      p.errorDesc = e.message;
+      this.setStatus("failed");
+      this.hooks.log("warn", `migration to ${describeUri(this.uri)} failed: ${e.message}`);
+    }
+  }
+}
+
+function passRecord(n: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, n, true);
+  return record(Rec.PASS, b);
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, b) => n + b.byteLength, 0));
+  let o = 0;
+  for (const b of parts) {
+    out.set(b, o);
+    o += b.byteLength;
+  }
+  return out;
+}
