@@ -10,7 +10,7 @@ import { createLogger, log, setLogger } from "../util/log.ts";
 import { openChardev, type Chardev } from "../chardev/chardev.ts";
 import { Machine, type StopEvent } from "../vmm/machine.ts";
 import { flock, LOCK_EX, LOCK_NB } from "../../ffi/libc.ts";
-import { MigrationIncoming } from "../migration/incoming.ts";
+import { MigrationManager } from "../migration/manager.ts";
 import type { MigrationUri } from "../migration/uri.ts";
 import type { IncomingConfig } from "./config.ts";
 
@@ -120,10 +120,10 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
   const finished = new Promise<number>((r) => (finish = r));
   let machine: Machine | undefined;
   let chardev: Chardev | undefined;
-  let incoming: MigrationIncoming | undefined;
+  let migration: MigrationManager | undefined;
 
   const shutdown = (code: number) => {
-    incoming?.close();
+    migration?.close();
     machine?.destroy();
     chardev?.close();
     for (const c of cleanups.reverse()) c();
@@ -150,12 +150,22 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
       },
       { boot: cfg.incoming === null },
     );
+    const mach = machine;
+    migration = new MigrationManager(mach, {
+      emit: (name, data) => mach.emit(name, data),
+      log: (l, msg) => log[l](msg),
+      incomingFailed: (e) => {
+        log.error(`incoming migration failed: ${e.message}`);
+        shutdown(ExitCode.Error);
+      },
+      incomingDone: (run) => {
+        if (run && !cfg.process.startPaused) mach.resume();
+        else mach.state = "paused";
+      },
+    });
     if (cfg.incoming) {
       machine.state = "inmigrate";
-      if (cfg.incoming.transport !== "defer") {
-        incoming = new MigrationIncoming(machine, incomingUri(cfg.incoming), { onStatus: () => {}, log: (l, msg) => log[l](msg) });
-        await incoming.listen();
-      }
+      if (cfg.incoming.transport !== "defer") await migration.listen(incomingUri(cfg.incoming));
     }
   } catch (e) {
     log.error((e as Error).message);
@@ -196,19 +206,6 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
 
   await chardev.ready();
   reportReady();
-  if (incoming) {
-    incoming.receive().then(
-      ({ run }) => {
-        if (run && !cfg.process.startPaused) m.resume();
-        else m.state = "paused";
-      },
-      (e: Error) => {
-        log.error(`incoming migration failed: ${e.message}`);
-        shutdown(ExitCode.Error);
-      },
-    );
-  } else if (!cfg.incoming && !cfg.process.startPaused) {
-    m.resume();
-  }
+  if (!cfg.incoming && !cfg.process.startPaused) m.resume();
   return finished;
 }

@@ -305,6 +305,22 @@ export class Machine {
     else this.state = "paused";
   }
 
+  /**
+   * Make this process a migration destination again after its guest migrated away (ping-pong,
+   * same-host upgrade back): fresh VM and vCPUs, RAM discarded, nothing loaded; state "inmigrate".
+   */
+  async prepareIncoming(): Promise<void> {
+    await this.pause();
+    await this.destroyVcpus();
+    this.vm.close();
+    this.memory.discard();
+    for (const d of this.devices) d.reset();
+    this.stopped = undefined;
+    this.buildVm();
+    await this.startVcpus(undefined);
+    this.state = "inmigrate";
+  }
+
   onStop(cb: (e: StopEvent) => void): void {
     this.stopListeners.push(cb);
     if (this.stopped) cb(this.stopped);
