@@ -108,10 +108,8 @@ export class MigrationIncoming {
                 run = r;
                 this.verdict(VERDICT_LOADED);
               },
-              (e: Error) => {
-                this.verdict(VERDICT_FAILED, e.message);
-                reject(e);
-              },
+              // The Worker answers ERROR to the source and then reports the failure itself.
+              (e: Error) => this.verdict(VERDICT_FAILED, e.message),
             );
             break;
           case "done":
