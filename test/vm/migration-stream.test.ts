@@ -5,7 +5,7 @@
  */
 import { test, expect, describe } from "bun:test";
 import { join } from "node:path";
-import { existsSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { kiln, scratchDir } from "../lib/kiln.ts";
 import { guestArgs } from "../lib/guest-vm.ts";
 import { encodeHeader, jsonRecord, record, Rec, FLAG_RETURN_PATH, RECORD_HEADER_SIZE, decodeRecordHeader } from "../../src/migration/wire.ts";
@@ -49,7 +49,7 @@ const cat = (...parts: Uint8Array[]) => {
 };
 
 /** Start a destination, connect, send `stream`, collect what it answers; returns its exit status and stderr. */
-async function feed(stream: Uint8Array, opts: { mem?: string; close?: boolean } = {}): Promise<{ code: number; stderr: string; answers: { type: number; text: string }[] }> {
+async function feed(stream: Uint8Array, opts: { mem?: string } = {}): Promise<{ code: number; stderr: string; answers: { type: number; text: string }[] }> {
   const { dir, cleanup } = scratchDir();
   const sock = join(dir, "in.sock");
   try {
@@ -58,7 +58,6 @@ async function feed(stream: Uint8Array, opts: { mem?: string; close?: boolean } 
     let got = new Uint8Array(0);
     const s = await Bun.connect({ unix: sock, socket: { data(_s, d) { got = cat(got, new Uint8Array(d)); }, error() {} } });
     s.write(stream);
-    if (opts.close) s.shutdown(true); // half-close: the destination sees the stream end
     const code = await k.exitCode();
     s.end();
     const answers: { type: number; text: string }[] = [];
@@ -73,6 +72,7 @@ async function feed(stream: Uint8Array, opts: { mem?: string; close?: boolean } 
   }
 }
 
+const HEADER_BYTES = 16;
 const head = () => cat(encodeHeader(FLAG_RETURN_PATH), jsonRecord(Rec.CONFIG, CONFIG));
 
 describe("the destination refuses", () => {
@@ -99,11 +99,20 @@ describe("the destination refuses", () => {
     expect(r.stderr).toContain("-m 256M");
   });
 
-  test("a truncated stream", async () => {
-    const full = cat(head(), ram([{ gpa: 0x100000, pages: 4, kind: 0 }]));
-    const r = await feed(full.subarray(0, full.byteLength - 5000), { close: true });
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/ended|closed/);
+  test("a truncated stream (-incoming file:)", async () => {
+    const { dir, cleanup } = scratchDir();
+    try {
+      const full = cat(encodeHeader(0), jsonRecord(Rec.CONFIG, CONFIG), ram([{ gpa: 0x100000, pages: 4, kind: 0 }]));
+      for (const cut of [10, HEADER_BYTES + 20, full.byteLength - 5000, full.byteLength]) {
+        const path = join(dir, `cut-${cut}.kiln`);
+        writeFileSync(path, full.subarray(0, cut));
+        const k = kiln([...(await guestArgs({ mem: "256M" })), "-incoming", `file:${path}`]);
+        expect(await k.exitCode()).toBe(1);
+        expect(k.stderr).toMatch(/ended|too short|before its END/);
+      }
+    } finally {
+      cleanup();
+    }
   });
 
   const badRuns: [string, { gpa: number; pages: number; kind: number }[], RegExp][] = [
