@@ -196,8 +196,9 @@ export class MigrationSource {
       const pausedRealtimeNs = Date.now() * 1e6;
       await this.cmd({ type: "sync" });
       p.dirtySyncCount++;
-      await this.pass(false, true);
-      const sections = await saveMachineState(m);
+      // The data-path Worker sends the last pages while this thread collects the state: both only read
+      // a stopped machine, and the downtime is their maximum, not their sum.
+      const [, sections] = await Promise.all([this.pass(false, true), saveMachineState(m)]);
       const tail: Uint8Array[] = sections.map(encodeState);
       tail.push(jsonRecord(Rec.END, { runState: wasRunning ? "running" : "paused", pausedRealtimeNs }));
       await this.cmd({ type: "write", bytes: concat(tail) });
