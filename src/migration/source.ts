@@ -182,7 +182,10 @@ export class MigrationSource {
         p.remaining = dirty * PAGE_SIZE;
         const bytesPerMs = Math.max(p.mbps * 1e6 / 8 / 1000, 1);
         p.expectedDowntimeMs = Math.round(p.remaining / bytesPerMs);
-        if (p.expectedDowntimeMs <= this.params["downtime-limit"] || m.state !== "running") break;
+        // Converged; but do one incremental pass even when pass 1 left almost nothing, so that the
+        // switchover runs warm code rather than code that has never run (JavaScript starts cold).
+        const converged = p.expectedDowntimeMs <= this.params["downtime-limit"];
+        if (m.state !== "running" || (converged && p.pass >= 2)) break;
         await this.pass(false);
       }
 

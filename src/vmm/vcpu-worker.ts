@@ -334,6 +334,9 @@ self.onmessage = (ev: MessageEvent<MainToVcpu>) => {
         vcpu.setCpuid(msg.cpuid.map((e) => (e.function === KVM_CPUID_TIMING ? { ...e, eax: tscKhz } : e)));
         applyBoot(msg.boot, msg.bootMsrs);
         send({ type: "ready", id: msg.id, tid: gettid(), runAddr: vcpu.runAddr });
+        // Probe the savable MSRs and run the save path once now, while nothing waits for this vCPU:
+        // a first save later would happen inside a migration's downtime, on cold code.
+        saveState();
         break;
       }
       case "run":
