@@ -3,11 +3,12 @@ import { infoRequest, parseVmArgs, UsageError } from "./args.ts";
 import { vmUsage } from "./usage.ts";
 import { ExitCode } from "./exit-codes.ts";
 import { runVm } from "./run-vm.ts";
-import pkg from "../../package.json" with { type: "json" };
-
-export const VERSION = pkg.version;
+import { VERSION } from "./version.ts";
+import { runQmpClient } from "../qmp/client.ts";
 
 export async function main(argv: string[]): Promise<number> {
+  // Subcommands first, so that `kiln qmp --help` is the client's help, not the VM's.
+  if (argv[0] === "qmp") return runQmpClient(argv.slice(1));
   const info = infoRequest(argv);
   if (info === "help") {
     process.stdout.write(vmUsage());

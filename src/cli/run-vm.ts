@@ -8,7 +8,11 @@ import type { VmConfig } from "./config.ts";
 import { ExitCode } from "./exit-codes.ts";
 import { createLogger, log, setLogger } from "../util/log.ts";
 import { openChardev, type Chardev } from "../chardev/chardev.ts";
-import { Machine, type StopEvent } from "../vmm/machine.ts";
+import { Machine } from "../vmm/machine.ts";
+import { MachineController } from "../vmm/controller.ts";
+import { CommandTable, EventTable, registerLifecycleCommands, registerLifecycleEvents, startQmp, type QmpServer } from "../qmp/index.ts";
+import { registerMigrationCommands, registerMigrationEvents } from "../migration/qmp-commands.ts";
+import { VERSION } from "./version.ts";
 import { flock, LOCK_EX, LOCK_NB } from "../../ffi/libc.ts";
 import { MigrationManager } from "../migration/manager.ts";
 import type { MigrationUri } from "../migration/uri.ts";
@@ -100,17 +104,6 @@ function reportReady(): void {
   openSync("/dev/null", "w");
 }
 
-function exitCodeFor(e: StopEvent): number {
-  switch (e.kind) {
-    case "poweroff":
-      return ExitCode.Ok;
-    case "reset":
-      return ExitCode.GuestReset;
-    case "crash":
-      return ExitCode.GuestCrashed;
-  }
-}
-
 export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
   if (cfg.process.daemonize && !process.env[DAEMON_READY_FD_ENV]) return daemonize(argv);
   setLogger(createLogger(cfg.process.logFile));
@@ -121,8 +114,13 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
   let machine: Machine | undefined;
   let chardev: Chardev | undefined;
   let migration: MigrationManager | undefined;
+  let qmp: QmpServer | undefined;
+  let done = false;
 
   const shutdown = (code: number) => {
+    if (done) return;
+    done = true;
+    qmp?.close();
     migration?.close();
     machine?.destroy();
     chardev?.close();
@@ -135,7 +133,7 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
     if (cfg.process.pidFile) cleanups.push(writePidfile(cfg.process.pidFile));
     chardev = openChardev(cfg.serial, () => shutdown(ExitCode.Ok));
     const out = chardev;
-    machine = await Machine.create(
+    const m = await Machine.create(
       {
         machine: cfg.machine.type,
         memSize: cfg.memoryBytes,
@@ -150,22 +148,30 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
       },
       { boot: cfg.incoming === null },
     );
-    const mach = machine;
-    migration = new MigrationManager(mach, {
-      emit: (name, data) => mach.emit(name, data),
+    machine = m;
+    const controller = new MachineController(m, cfg.name, cfg.uuid, cfg.process.startPaused, () => shutdown(ExitCode.Ok));
+    migration = new MigrationManager(m, {
+      emit: (name, data) => m.emit(name, data),
       log: (l, msg) => log[l](msg),
       incomingFailed: (e) => {
         log.error(`incoming migration failed: ${e.message}`);
         shutdown(ExitCode.Error);
       },
       incomingDone: (run) => {
-        if (run && !cfg.process.startPaused) mach.resume();
-        else mach.state = "paused";
+        if (run && controller.autostart) m.resume();
+        else m.state = "paused";
       },
     });
-    if (cfg.incoming) {
-      machine.state = "inmigrate";
-      if (cfg.incoming.transport !== "defer") await migration.listen(incomingUri(cfg.incoming));
+    if (cfg.incoming) m.state = "inmigrate";
+    // Listen for the incoming migration before QMP comes up: whoever sees the QMP socket may migrate at once.
+    if (cfg.incoming && cfg.incoming.transport !== "defer") await migration.listen(incomingUri(cfg.incoming));
+    if (cfg.qmp.length > 0) {
+      const commands = registerLifecycleCommands(new CommandTable());
+      const events = registerLifecycleEvents(new EventTable());
+      const incoming = cfg.incoming;
+      registerMigrationCommands(commands, migration, { deferredIncoming: () => incoming?.transport === "defer" });
+      registerMigrationEvents(events);
+      qmp = await startQmp(cfg.qmp, controller, VERSION, { commands, events });
     }
   } catch (e) {
     log.error((e as Error).message);
@@ -176,21 +182,34 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
   const m = machine;
   chardev.setInputHandler((b) => m.serial.receive(b));
   m.onStop((e) => {
-    if (e.kind === "reset" && !cfg.process.noReboot) {
-      log.info(`guest reset: ${e.detail}; rebooting`);
-      m.reset().catch((err) => {
-        log.error(`reboot failed: ${(err as Error).message}`);
-        shutdown(ExitCode.Error);
-      });
-      return;
+    switch (e.kind) {
+      case "reset":
+        if (!cfg.process.noReboot) {
+          log.info(`guest reset: ${e.detail}; rebooting`);
+          m.emit("RESET", { guest: true, reason: "guest-reset" });
+          m.reset().catch((err) => {
+            log.error(`reboot failed: ${(err as Error).message}`);
+            shutdown(ExitCode.Error);
+          });
+          return;
+        }
+        log.info(`guest reset (-no-reboot): ${e.detail}`);
+        m.emit("SHUTDOWN", { guest: true, reason: "guest-reset" });
+        shutdown(ExitCode.GuestReset);
+        return;
+      case "poweroff":
+        log.info(`guest powered off: ${e.detail}`);
+        m.emit("SHUTDOWN", { guest: true, reason: "guest-shutdown" });
+        // -no-shutdown: keep the process (and QMP) up with the machine stopped, as QEMU does.
+        if (!cfg.process.noShutdown) shutdown(ExitCode.Ok);
+        return;
+      case "crash":
+        log.error(`guest crashed: ${e.detail}`);
+        process.stderr.write(e.dump + "\n");
+        if (e.detail.includes("triple-fault")) m.emit("SHUTDOWN", { guest: true, reason: "guest-reset" });
+        shutdown(ExitCode.GuestCrashed);
+        return;
     }
-    if (e.kind === "crash") {
-      log.error(`guest crashed: ${e.detail}`);
-      process.stderr.write(e.dump + "\n");
-    } else {
-      log.info(`guest stopped: ${e.detail}`);
-    }
-    shutdown(exitCodeFor(e));
   });
 
   for (const [sig, num] of [
@@ -200,6 +219,7 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
   ] as const) {
     process.on(sig, () => {
       log.info(`terminating on signal ${num}`);
+      qmp?.emit("SHUTDOWN", { guest: false, reason: "host-signal" });
       shutdown(128 + num);
     });
   }

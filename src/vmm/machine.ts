@@ -82,6 +82,7 @@ export class Machine {
   private readonly exitServer: ExitServer;
   /** Stateful device models: reset with the machine, saved and restored by migration. */
   readonly devices: (Persistent & { reset(): void })[] = [];
+  private pm!: AcpiPm;
   /** The PCI root bus (q35 only). */
   pci: PciRoot | undefined;
   vm!: Vm;
@@ -195,7 +196,7 @@ export class Machine {
     const rtc = new CmosRtc({ irq: this.irq(L.RTC_IRQ) });
     b.registerPio(L.RTC_PORT, 2, rtc, "rtc");
     b.registerPio(L.POST_PORT, 1, new PostPort(), "post");
-    const pm = new AcpiPm({ onPowerOff: () => this.guestStop({ kind: "poweroff", detail: "ACPI S5 (power off)" }), sciIrq: this.irq(L.ACPI_SCI_IRQ) });
+    const pm = (this.pm = new AcpiPm({ onPowerOff: () => this.guestStop({ kind: "poweroff", detail: "ACPI S5 (power off)" }), sciIrq: this.irq(L.ACPI_SCI_IRQ) }));
     b.registerPio(L.ACPI_PM_BASE, 12, pm, "acpi-pm");
     const reset = new ResetControl({ onReset: () => this.guestStop({ kind: "reset", detail: "reset control register (0xcf9)" }) });
     if (this.config.machine === "q35") {
@@ -303,6 +304,11 @@ export class Machine {
     await this.startVcpus(this.loadGuest());
     if (wasRunning) this.resume();
     else this.state = "paused";
+  }
+
+  /** Press the ACPI power button (QMP system_powerdown); the guest decides what to do. */
+  powerButton(): void {
+    this.pm.pressPowerButton();
   }
 
   /**

@@ -45,7 +45,8 @@ export class VcpuThread implements RequestSlot {
   private readonly sab = new SharedArrayBuffer(CTL_BYTES);
   readonly ctl = new Int32Array(this.sab, 0, CTL_DATA_OFFSET / 4);
   readonly data = new Uint8Array(this.sab, CTL_DATA_OFFSET, CTL_DATA_SIZE);
-  private tid = 0;
+  /** The Worker's kernel thread id (for query-cpus-fast), once started. */
+  tid = 0;
   private immediateExit: Uint8Array | undefined;
   private waiters: Waiter[] = [];
   /** True between run() and the Worker reporting it parked (or stopped). */

@@ -50,9 +50,14 @@ export async function waitHeartbeat(k: KilnProcess, atLeast: number, timeoutMs =
   }
 }
 
+/** PASS lines among `lines`. */
+export function passesIn(lines: string[]): Pass[] {
+  return lines.map(parsePass).filter((p): p is Pass => p !== null);
+}
+
 /** PASS lines so far. */
 export function passes(k: KilnProcess): Pass[] {
-  return k.lines.map(parsePass).filter((p): p is Pass => p !== null);
+  return passesIn(k.lines);
 }
 
 /** Wait until every CPU in `cpus` has reported a pass numbered at least `n`. */
