@@ -125,7 +125,7 @@ struct acpi_info {
         u64 lapic_base;
         int nr_cpus;
         u8 apic_ids[MAX_CPUS];
-        u32 pm1a_cnt, pm1b_cnt, pm_tmr;
+        u32 pm1a_evt, pm1a_cnt, pm1b_cnt, pm_tmr;
         u32 fadt_flags;
         struct gas sleep_ctl;
         bool s5_found;

@@ -14,6 +14,12 @@ struct trap_frame {
 
 void lapic_oneshot_arm(u64 deadline);
 
+/* Device interrupts seen per vector (virtio drivers with `virtio-irq` check that theirs arrived). */
+volatile u32 irq_count[256];
+/* For a level-triggered line (PCI INTx): a byte register whose read deasserts it (virtio's ISR), read
+ * before the EOI so that the line does not fire again at once. */
+u64 irq_ack_read8[256];
+
 static int this_cpu(void)
 {
         u16 sel;
@@ -73,5 +79,8 @@ void trap(struct trap_frame *f)
                 say_locked_from_cpl0(line);
                 halt_here();
         }
-        lapic_eoi();            /* a stray external interrupt: acknowledge and ignore */
+        /* An external interrupt: count it, quiet a level-triggered source, acknowledge. */
+        irq_count[f->vector & 0xFF]++;
+        if (irq_ack_read8[f->vector & 0xFF]) (void)*(volatile u8 *)irq_ack_read8[f->vector & 0xFF];
+        lapic_eoi();
 }

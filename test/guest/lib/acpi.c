@@ -90,6 +90,7 @@ static void parse_fadt(u64 t)
         u64 dsdt = rd32(t + 40);
         if (len >= 148 && rd64(t + 140)) dsdt = rd64(t + 140);
         acpi.dsdt = dsdt;
+        acpi.pm1a_evt = rd32(t + 56);
         acpi.pm1a_cnt = rd32(t + 64);
         acpi.pm1b_cnt = rd32(t + 68);
         acpi.pm_tmr = rd32(t + 76);
