@@ -153,6 +153,28 @@ test("the compiled binary runs from another directory", async () => {
     expect(k.lines).toContain("READY cpus=2");
     const v = Bun.spawnSync([join(dir, "kiln"), "--version"], { cwd: dir });
     expect(v.stdout.toString()).toMatch(/^kiln \d+\.\d+\.\d+/);
+    // Its migration Workers are inside it too: save a running guest to a file and restore it.
+    const args = ["-m", "256", "-smp", "2", "-kernel", "guest.elf", "-append", "dirty=16M hb=20", "-serial", "stdio"];
+    const src = kiln([...args, "-qmp", "unix:src.qmp,server,nowait"], { binary: join(dir, "kiln"), cwd: dir });
+    try {
+      await src.waitFor(/^PASS cpu=1 n=2 /);
+      const q = (...a: string[]) => Bun.spawnSync([join(dir, "kiln"), "qmp", join(dir, "src.qmp"), ...a], { cwd: dir });
+      expect(q("migrate", '{"uri":"file:vm.snap"}').exitCode).toBe(0);
+      for (let i = 0; i < 1000 && !q("query-migrate").stdout.toString().includes('"completed"'); i++) await Bun.sleep(10);
+      expect(q("query-migrate").stdout.toString()).toContain('"completed"');
+    } finally {
+      src.kill();
+      await src.exited;
+    }
+    const dst = kiln([...args, "-incoming", "file:vm.snap"], { binary: join(dir, "kiln"), cwd: dir });
+    try {
+      await dst.waitFor(/^PASS cpu=0 n=\d+ bad=0/);
+      await dst.waitFor(/^PASS cpu=1 n=\d+ bad=0/);
+      expect(dst.lines.some((l) => / bad=[1-9]/.test(l))).toBe(false);
+    } finally {
+      dst.kill();
+      await dst.exited;
+    }
   } finally {
     cleanup();
   }

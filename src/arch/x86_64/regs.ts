@@ -5,42 +5,9 @@
 import { KvmRegs, KvmSregs } from "../../../ffi/kvm-abi.ts";
 import type { StructBuf } from "../../../ffi/struct.ts";
 import { writeSegment, type Segment, type SegmentName } from "../../kvm/vcpu.ts";
+import type { BootCpuState } from "./boot/cpu-state.ts";
 
-export interface SegmentState {
-  base: number;
-  limit: number;
-  selector: number;
-  type: number;
-  present: 1 | 0;
-  dpl: number;
-  db: 1 | 0;
-  s: 1 | 0;
-  l: 1 | 0;
-  g: 1 | 0;
-  avl: 0;
-  unusable: 0 | 1;
-}
-
-/** The BSP's register state for a boot protocol, as produced by the kernel loaders. */
-export interface BootCpuState {
-  regs: { rip: number; rsp: number; rflags: number; rax?: number; rbx?: number; rsi?: number; rdi?: number; rbp?: number };
-  sregs: {
-    cs: SegmentState;
-    ds: SegmentState;
-    es: SegmentState;
-    fs: SegmentState;
-    gs: SegmentState;
-    ss: SegmentState;
-    tr: SegmentState;
-    ldt: SegmentState;
-    gdt: { base: number; limit: number };
-    idt: { base: number; limit: number };
-    cr0: number;
-    cr3: number;
-    cr4: number;
-    efer: number;
-  };
-}
+export type { BootCpuState, SegmentState } from "./boot/cpu-state.ts";
 
 /** Write the boot state over registers fetched from KVM (so fields the loader leaves alone keep KVM's reset values). */
 export function applyBootRegs(regs: StructBuf<typeof KvmRegs.fields>, boot: BootCpuState): void {

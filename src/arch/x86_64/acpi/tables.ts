@@ -3,6 +3,7 @@
  * MADT and MCFG. Each returns finished bytes with the checksum set; addresses of other tables are
  * passed in, so the caller decides placement.
  */
+import { StructWriter } from "../boot/bytes.ts";
 
 export const OEM_ID = "KILN  ";
 export const OEM_TABLE_ID = "KILNVM  ";
@@ -172,36 +173,11 @@ export const RSDT_REVISION = 1;
 
 // ---------------------------------------------------------------------------------------------
 
-class TableWriter {
-  readonly bytes: Uint8Array;
-  readonly view: DataView;
-  constructor(size: number) {
-    this.bytes = new Uint8Array(size);
-    this.view = new DataView(this.bytes.buffer);
-  }
-  u8(off: number, v: number): this {
-    this.view.setUint8(off, v);
-    return this;
-  }
-  u16(off: number, v: number): this {
-    this.view.setUint16(off, v, true);
-    return this;
-  }
-  u32(off: number, v: number): this {
-    this.view.setUint32(off, v >>> 0, true);
-    return this;
-  }
-  u64(off: number, v: number | bigint): this {
-    this.view.setBigUint64(off, BigInt(v), true);
-    return this;
-  }
+/** A table under construction: the boot code's little-endian struct writer plus fixed-width ASCII fields. */
+class TableWriter extends StructWriter {
   ascii(off: number, s: string, len: number): this {
     if (s.length !== len) throw new RangeError(`"${s}" must be exactly ${len} characters`);
     for (let i = 0; i < len; i++) this.bytes[off + i] = s.charCodeAt(i);
-    return this;
-  }
-  set(off: number, data: Uint8Array): this {
-    this.bytes.set(data, off);
     return this;
   }
 }

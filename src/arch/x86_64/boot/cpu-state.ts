@@ -132,50 +132,40 @@ export function encodeGdt(entries: (SegmentState | null)[]): Uint8Array {
 }
 
 /** The BSP's registers for entering the kernel that loadKernel placed. */
+/** Flat segments from `seg`, the boot GDT/IDT, and the given control registers. */
+function bootSregs(seg: ReturnType<typeof pvhSegments>, cr: { cr0: number; cr3: number; cr4: number; efer: number }): BootCpuState["sregs"] {
+  return {
+    cs: { ...seg.code },
+    ds: { ...seg.data },
+    es: { ...seg.data },
+    fs: { ...seg.data },
+    gs: { ...seg.data },
+    ss: { ...seg.data },
+    tr: { ...seg.tr },
+    ldt: { ...LDT },
+    gdt: { base: BOOT_GDT_START, limit: GDT_LIMIT },
+    idt: { base: BOOT_IDT_START, limit: IDT_LIMIT },
+    ...cr,
+  };
+}
+
 export function initialCpuState(entry: BootEntry): BootCpuState {
   if (entry.protocol === "pvh") {
     // Xen PVH ABI: 32-bit protected mode, paging off, flat segments, ebx = start_info.
-    const seg = pvhSegments();
     return {
       regs: { rip: entry.entry, rsp: BOOT_STACK_POINTER, rflags: RFLAGS_RESERVED, rax: 0, rbx: entry.startInfo, rsi: 0, rdi: 0, rbp: 0 },
-      sregs: {
-        cs: { ...seg.code },
-        ds: { ...seg.data },
-        es: { ...seg.data },
-        fs: { ...seg.data },
-        gs: { ...seg.data },
-        ss: { ...seg.data },
-        tr: { ...seg.tr },
-        ldt: { ...LDT },
-        gdt: { base: BOOT_GDT_START, limit: GDT_LIMIT },
-        idt: { base: BOOT_IDT_START, limit: IDT_LIMIT },
-        cr0: CR0.PE | CR0.ET,
-        cr3: 0,
-        cr4: 0,
-        efer: 0,
-      },
+      sregs: bootSregs(pvhSegments(), { cr0: CR0.PE | CR0.ET, cr3: 0, cr4: 0, efer: 0 }),
     };
   }
   // Linux 64-bit boot protocol: long mode, identity-mapped page tables, rsi = boot_params.
-  const seg = linux64Segments();
   return {
     regs: { rip: entry.entry, rsp: BOOT_STACK_POINTER, rflags: RFLAGS_RESERVED, rax: 0, rbx: 0, rsi: entry.bootParams, rdi: 0, rbp: 0 },
-    sregs: {
-      cs: { ...seg.code },
-      ds: { ...seg.data },
-      es: { ...seg.data },
-      fs: { ...seg.data },
-      gs: { ...seg.data },
-      ss: { ...seg.data },
-      tr: { ...seg.tr },
-      ldt: { ...LDT },
-      gdt: { base: BOOT_GDT_START, limit: GDT_LIMIT },
-      idt: { base: BOOT_IDT_START, limit: IDT_LIMIT },
+    sregs: bootSregs(linux64Segments(), {
       // >>> 0: JS bitwise results are signed 32-bit, and PG is bit 31.
       cr0: (CR0.PE | CR0.ET | CR0.NE | CR0.PG) >>> 0,
       cr3: PML4_START,
       cr4: CR4.PAE,
       efer: EFER.LME | EFER.LMA,
-    },
+    }),
   };
 }
