@@ -14,11 +14,11 @@ import { QmpError } from "../lib/qmp.ts";
 
 const DIRTY = "dirty=64M hb=20";
 
-/** A free TCP port on 127.0.0.1. */
-async function freePort(): Promise<number> {
+/** A free TCP port on 127.0.0.1 (or ::1). */
+async function freePort(host = "127.0.0.1"): Promise<number> {
   return new Promise((resolve) => {
     const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
+    s.listen(0, host, () => {
       const port = (s.address() as { port: number }).port;
       s.close(() => resolve(port));
     });
@@ -49,10 +49,15 @@ async function expectRunning(vm: Vm, cpus: number): Promise<void> {
   await guestKeepsVerifying(vm, cpus, vm.k.lines.length, 2);
 }
 
-describe.each(["unix", "tcp"] as const)("over %s", (transport) => {
+describe.each(["unix", "tcp", "tcp6"] as const)("over %s", (transport) => {
   test("a guest rewriting its memory moves, loses nothing and keeps running; the source ends in postmigrate", async () => {
     await withDir(async (dir) => {
-      const uri = transport === "unix" ? `unix:${join(dir, "mig.sock")}` : `tcp:127.0.0.1:${await freePort()}`;
+      const uri =
+        transport === "unix"
+          ? `unix:${join(dir, "mig.sock")}`
+          : transport === "tcp"
+            ? `tcp:127.0.0.1:${await freePort()}`
+            : `tcp:[::1]:${await freePort("::1")}`;
       const { src, dst } = await pair(dir, uri);
       try {
         await src.k.waitFor(/^READY cpus=2/);
@@ -162,6 +167,66 @@ describe("failure and cancel leave the guest running on the source", () => {
         expect(String(r["error-desc"])).toMatch(/pipe|reset|closed|ended/i);
         await expectRunning(src, 2);
       } finally {
+        await stopVm(src);
+        await stopVm(dst);
+      }
+    });
+  }, 60_000);
+
+  test("the connection cut in the middle of the stream: failed, source keeps running, a retry works", async () => {
+    await withDir(async (dir) => {
+      const destUri = `unix:${join(dir, "mig.sock")}`;
+      const { src, dst } = await pair(dir, destUri);
+      // A relay between source and destination that drops both ends after 8 MiB have gone through.
+      const relayPort = await freePort();
+      let relayed = 0;
+      let cut = false;
+      const relay = Bun.listen<{ peer?: Awaited<ReturnType<typeof Bun.connect>> }>({
+        hostname: "127.0.0.1",
+        port: relayPort,
+        socket: {
+          async open(client) {
+            client.data = {};
+            client.data.peer = await Bun.connect({
+              unix: join(dir, "mig.sock"),
+              socket: { data: (_p, d) => void client.write(d), close: () => client.end(), error() {} },
+            });
+          },
+          data(client, d) {
+            relayed += d.byteLength;
+            if (relayed > 8 << 20) {
+              cut = true;
+              client.data.peer?.end();
+              client.end();
+              return;
+            }
+            client.data.peer?.write(d);
+          },
+          close(client) {
+            client.data.peer?.end();
+          },
+          error() {},
+        },
+      });
+      try {
+        await src.k.waitFor(/^READY/);
+        await src.qmp.execute("migrate-set-parameters", { "max-bandwidth": 32 * 1024 * 1024 });
+        const r = await migrate(src, `tcp:127.0.0.1:${relayPort}`);
+        expect(cut).toBe(true);
+        expect(r.status).toBe("failed");
+        await expectRunning(src, 2);
+        expect(await dst.k.exitCode()).toBe(1);
+        // The guest goes on; migrating again (straight to a new destination) works.
+        const dst2 = await startVm(dir, { smp: 2, mem: "512M", append: DIRTY, name: "dst2", incoming: `unix:${join(dir, "again.sock")}` });
+        try {
+          await src.qmp.execute("migrate-set-parameters", { "max-bandwidth": 0 });
+          expect((await migrate(src, `unix:${join(dir, "again.sock")}`)).status).toBe("completed");
+          await expectRunning(dst2, 2);
+        } finally {
+          await stopVm(dst2);
+        }
+      } finally {
+        relay.stop(true);
         await stopVm(src);
         await stopVm(dst);
       }

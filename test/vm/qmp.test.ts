@@ -322,3 +322,21 @@ test("a second kiln on a live QMP socket is refused; a stale socket file is repl
   }
 });
 
+
+test("StratoVirt's form: -chardev socket,... -mon chardev=ID,mode=control", async () => {
+  const { dir, cleanup } = scratchDir();
+  const sock = join(dir, "mon.sock");
+  const k = await bootGuest({ append: "hb=50", extra: ["-chardev", `socket,id=mon0,path=${sock},server,nowait`, "-mon", "chardev=mon0,mode=control"] });
+  try {
+    await k.waitFor(/^READY/);
+    for (let i = 0; !existsSync(sock) && i < 500; i++) await Bun.sleep(10);
+    const q = await Raw.open(sock);
+    await q.next((m) => "QMP" in m);
+    await q.cmd({ execute: "qmp_capabilities" });
+    expect((await q.cmd({ execute: "query-status" })).return).toEqual({ status: "running", singlestep: false, running: true });
+    q.end();
+  } finally {
+    await stop(k);
+    cleanup();
+  }
+});
