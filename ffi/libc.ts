@@ -95,6 +95,7 @@ export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;
 export const MAP_PRIVATE = 2;
 export const MAP_NORESERVE = 0x4000;
+export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 export const MFD_CLOEXEC = 1;
 export const EFD_CLOEXEC = 0o2000000;
@@ -172,9 +173,9 @@ export function fdatasync(fd: number): number {
   return r < 0 ? -errno() : r;
 }
 
-/** mmap; returns the mapping's address as a number. */
-export function mmap(len: number, prot: number, flags: number, fd: number, offset = 0, name = "mmap"): number {
-  const p = c.mmap(null, len, prot, flags, fd, offset) as unknown;
+/** mmap; returns the mapping's address as a number. `at` with MAP_FIXED replaces what is mapped there. */
+export function mmap(len: number, prot: number, flags: number, fd: number, offset = 0, name = "mmap", at = 0): number {
+  const p = c.mmap(at === 0 ? null : (at as Pointer), len, prot, flags, fd, offset) as unknown;
   // MAP_FAILED ((void*)-1) arrives as a bigint; a valid mapping as a number.
   if (typeof p !== "number") throw new SysError(name, errno());
   return p;

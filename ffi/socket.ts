@@ -3,7 +3,7 @@
  * with plain blocking file descriptors, so guest pages go from the memfd mapping to the socket with one
  * writev and come back with one readv, never through a JavaScript copy.
  */
-import { dlopen, FFIType, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, ptr, type Pointer } from "bun:ffi";
 import { check, errno, SysError } from "./libc.ts";
 
 const lib = dlopen("libc.so.6", {
@@ -180,3 +180,67 @@ export function closeFd(fd: number): void {
 }
 
 export type { Pointer };
+
+// ---- passing file descriptors over unix sockets (SCM_RIGHTS) ----
+
+const msgLib = dlopen("libc.so.6", {
+  sendmsg: { args: ["i32", "ptr", "i32"], returns: FFIType.i64_fast },
+  recvmsg: { args: ["i32", "ptr", "i32"], returns: FFIType.i64_fast },
+});
+
+const SCM_RIGHTS = 1;
+const MSG_CMSG_CLOEXEC = 0x40000000;
+/** struct msghdr: name @0, namelen @8, iov @16, iovlen @24, control @32, controllen @40, flags @48. */
+const MSGHDR_SIZE = 56;
+/** CMSG_SPACE(sizeof(int) * 4): a header (len u64, level i32, type i32) and room for four fds. */
+const CMSG_SPACE = 16 + 16;
+
+function msghdr(iov: BigUint64Array, control: Uint8Array | null): Uint8Array {
+  const m = new Uint8Array(MSGHDR_SIZE);
+  const dv = new DataView(m.buffer);
+  dv.setBigUint64(16, BigInt(ptr(iov)), true);
+  dv.setBigUint64(24, 1n, true);
+  if (control) {
+    dv.setBigUint64(32, BigInt(ptr(control)), true);
+    dv.setBigUint64(40, BigInt(control.byteLength), true);
+  }
+  return m;
+}
+
+/** Send `bytes` with `passFd` attached (SCM_RIGHTS); the whole buffer is written. */
+export function sendWithFd(sock: number, bytes: Uint8Array, passFd: number): void {
+  const iov = new BigUint64Array([BigInt(ptr(bytes)), BigInt(bytes.byteLength)]);
+  const control = new Uint8Array(16 + 8);
+  const cv = new DataView(control.buffer);
+  cv.setBigUint64(0, 16n + 4n, true); // CMSG_LEN(sizeof(int))
+  cv.setInt32(8, SOL_SOCKET, true);
+  cv.setInt32(12, SCM_RIGHTS, true);
+  cv.setInt32(16, passFd, true);
+  const n = msgLib.symbols.sendmsg(sock, msghdr(iov, control), 0) as number;
+  if (n < 0) throw new SysError("sendmsg", errno());
+  if (n !== bytes.byteLength) throw new SysError("sendmsg (short)", 5);
+}
+
+/**
+ * recv up to `len` bytes into `addr`, collecting any file descriptors passed along (received
+ * close-on-exec). Returns the byte count (-errno on failure) and the fds.
+ */
+export function recvWithFds(sock: number, addr: number, len: number): { n: number; fds: number[] } {
+  const iov = new BigUint64Array([BigInt(addr), BigInt(len)]);
+  const control = new Uint8Array(CMSG_SPACE);
+  const m = msghdr(iov, control);
+  const n = msgLib.symbols.recvmsg(sock, m, MSG_CMSG_CLOEXEC) as number;
+  if (n < 0) return { n: -errno(), fds: [] };
+  const fds: number[] = [];
+  const clen = Number(new DataView(m.buffer).getBigUint64(40, true));
+  const cv = new DataView(control.buffer);
+  for (let off = 0; off + 16 <= clen; ) {
+    const l = Number(cv.getBigUint64(off, true));
+    if (l < 16) break;
+    if (cv.getInt32(off + 8, true) === SOL_SOCKET && cv.getInt32(off + 12, true) === SCM_RIGHTS) {
+      for (let p = off + 16; p + 4 <= off + l; p += 4) fds.push(cv.getInt32(p, true));
+    }
+    off += (l + 7) & ~7;
+  }
+  return { n, fds };
+}

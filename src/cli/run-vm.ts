@@ -141,6 +141,9 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
         kernel: cfg.boot.kernel,
         cmdline: cfg.boot.append,
         initrd: cfg.boot.initrd ?? undefined,
+        devices: cfg.devices,
+        drives: cfg.drives,
+        netdevs: cfg.netdevs,
       },
       {
         serialOutput: (b) => out.write(b),
@@ -158,9 +161,11 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
         shutdown(ExitCode.Error);
       },
       incomingDone: (run) => {
-        if (run && controller.autostart) m.resume();
-        else m.state = "paused";
+        // The receiver already let the vCPUs run at the switchover; record it (or that they wait).
+        m.releaseRestored(run);
+        if (!run) m.state = "paused";
       },
+      autostart: () => controller.autostart,
     });
     if (cfg.incoming) m.state = "inmigrate";
     // Listen for the incoming migration before QMP comes up: whoever sees the QMP socket may migrate at once.

@@ -7,7 +7,7 @@
  * JavaScript views (toArrayBuffer) are limited to 4 GiB, so the mapping is seen through 1 GiB windows;
  * `view()` returns a zero-copy Uint8Array within one window, `read`/`write` copy across windows.
  */
-import { ftruncate, madvise, memfdCreate, mmap, munmap, close, MADV_REMOVE, MAP_NORESERVE, MAP_SHARED, PROT_READ, PROT_WRITE, toArrayBuffer } from "../../ffi/libc.ts";
+import { ftruncate, madvise, memfdCreate, mmap, munmap, close, MADV_REMOVE, MAP_FIXED, MAP_NORESERVE, MAP_SHARED, PROT_READ, PROT_WRITE, toArrayBuffer } from "../../ffi/libc.ts";
 import { GuestMemoryError, type GuestMemoryAccess, type RamRegion } from "./types.ts";
 
 export const WINDOW_SHIFT = 30;
@@ -181,6 +181,33 @@ export class GuestMemory implements GuestMemoryAccess {
     for (let p = Math.floor(off / PAGE), end = Math.floor((off + len - 1) / PAGE); p <= end; p++) {
       Atomics.or(bits, p >>> 5, 1 << (p & 31));
     }
+  }
+
+  /**
+   * Map another memfd's pages over this RAM, at the same address (so every view, pointer and KVM
+   * memory slot stays valid): how a same-host migration takes over the source's memory without
+   * copying it. The old memfd is closed; this object owns `fd` from now on.
+   */
+  adopt(fd: number): void {
+    mmap(this.desc.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE | MAP_FIXED, fd, 0, "mmap(adopted guest RAM)", this.desc.hostAddr);
+    const old = this.desc.fd;
+    this.desc.fd = fd;
+    close(old);
+  }
+
+  /** Another thread adopted `fd` for this same mapping (see adopt()): record it here too. */
+  adoptedElsewhere(fd: number): void {
+    this.desc.fd = fd;
+  }
+
+  /**
+   * Put fresh, empty memory under this RAM (same address), letting go of the pages another process
+   * took over: after a same-host migration the source must never touch them again.
+   */
+  detach(name = "kiln-guest-ram"): void {
+    const fd = memfdCreate(name);
+    ftruncate(fd, this.desc.size);
+    this.adopt(fd);
   }
 
   /** Give all of RAM back to the host: afterwards every page reads as zero (a power cycle's RAM). */

@@ -69,19 +69,25 @@ export function writevAll(fd: number, list: IovecList, what = "migration stream"
       throw new TransportError(`writing the ${what} failed: ${errnoMessage(-n)}`);
     }
     remaining -= n;
-    let left = n;
-    while (left > 0) {
-      const len = Number(iov[first * 2 + 1]!);
-      if (left >= len) {
-        left -= len;
-        first++;
-      } else {
-        iov[first * 2] = BigInt(Number(iov[first * 2]!) + left);
-        iov[first * 2 + 1] = BigInt(len - left);
-        left = 0;
-      }
+    first = consume(iov, first, n);
+  }
+}
+
+/** Step past `n` transferred bytes of an iovec list (a short readv/writev); returns the new first entry. */
+function consume(iov: BigUint64Array, first: number, n: number): number {
+  let left = n;
+  while (left > 0) {
+    const len = Number(iov[first * 2 + 1]!);
+    if (left >= len) {
+      left -= len;
+      first++;
+    } else {
+      iov[first * 2] = BigInt(Number(iov[first * 2]!) + left);
+      iov[first * 2 + 1] = BigInt(len - left);
+      left = 0;
     }
   }
+  return first;
 }
 
 export function writeAll(fd: number, b: Uint8Array, what?: string): void {
@@ -90,25 +96,11 @@ export function writeAll(fd: number, b: Uint8Array, what?: string): void {
   writevAll(fd, l, what);
 }
 
-/** Read exactly len bytes to a raw address; throws on EOF (the peer went away mid-record). */
-export function readExactAt(fd: number, addr: number, len: number, what = "migration stream"): void {
-  let done = 0;
-  while (done < len) {
-    const n = readAt(fd, addr + done, len - done);
-    if (n < 0) {
-      if (-n === EINTR || -n === EAGAIN) continue;
-      throw new TransportError(`reading the ${what} failed: ${errnoMessage(-n)}`);
-    }
-    if (n === 0) throw new TransportError(`the ${what} ended early (${done} of ${len} bytes of a record)`);
-    done += n;
-  }
-}
-
-/** Read exactly len bytes into a new buffer. At a record boundary, EOF returns null when allowed. */
-export function readExact(fd: number, len: number, what = "migration stream", eofOk = false): Uint8Array | null {
-  const b = new Uint8Array(len);
-  if (len === 0) return b;
-  const addr = ptr(b);
+/**
+ * Read exactly len bytes to a raw address. EOF before the first byte returns false when `eofOk` (a
+ * stream may end at a record boundary); EOF anywhere else throws (the peer went away mid-record).
+ */
+export function readExactAt(fd: number, addr: number, len: number, what = "migration stream", eofOk = false): boolean {
   let done = 0;
   while (done < len) {
     const n = readAt(fd, addr + done, len - done);
@@ -117,12 +109,19 @@ export function readExact(fd: number, len: number, what = "migration stream", eo
       throw new TransportError(`reading the ${what} failed: ${errnoMessage(-n)}`);
     }
     if (n === 0) {
-      if (done === 0 && eofOk) return null;
+      if (done === 0 && eofOk) return false;
       throw new TransportError(`the ${what} ended early (${done} of ${len} bytes)`);
     }
     done += n;
   }
-  return b;
+  return true;
+}
+
+/** Read exactly len bytes into a new buffer (null at a clean EOF when `eofOk`). */
+export function readExact(fd: number, len: number, what = "migration stream", eofOk = false): Uint8Array | null {
+  const b = new Uint8Array(len);
+  if (len === 0) return b;
+  return readExactAt(fd, ptr(b), len, what, eofOk) ? b : null;
 }
 
 /** readv into guest RAM from an iovec list, until every byte arrived. */
@@ -139,17 +138,6 @@ export function readvAll(fd: number, list: IovecList, what = "migration stream")
     }
     if (n === 0) throw new TransportError(`the ${what} ended in the middle of guest pages`);
     remaining -= n;
-    let left = n;
-    while (left > 0) {
-      const len = Number(iov[first * 2 + 1]!);
-      if (left >= len) {
-        left -= len;
-        first++;
-      } else {
-        iov[first * 2] = BigInt(Number(iov[first * 2]!) + left);
-        iov[first * 2 + 1] = BigInt(len - left);
-        left = 0;
-      }
-    }
+    first = consume(iov, first, n);
   }
 }

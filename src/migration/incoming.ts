@@ -4,14 +4,15 @@
  * guest only once the source says COMMIT. Any error fails this destination (its guest never ran);
  * the source then keeps running its guest.
  */
+import { trace } from "../util/trace.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { guestConfig, restoreMachineState } from "../vmm/machine-state.ts";
 import { pipe, closeFd } from "../../ffi/socket.ts";
 import { removeStaleSocket } from "../chardev/chardev.ts";
 import { WorkerChannel } from "./channel.ts";
-import { RCTL_BYTES, RCTL_TEXT, RCTL_TEXT_LEN, RCTL_VERDICT, VERDICT_FAILED, VERDICT_LOADED, type RecvCommand, type RecvEvent, type RecvSource } from "./worker-protocol.ts";
+import { RCTL_BYTES, RCTL_TEXT, RCTL_TEXT_LEN, RCTL_VERDICT, VERDICT_FAILED, VERDICT_LOADED_RUN, VERDICT_LOADED_STAY, type RecvCommand, type RecvEvent, type RecvSource } from "./worker-protocol.ts";
 import { describeUri, resolveSockAddr, type MigrationUri } from "./uri.ts";
-import { decodeState, FLAG_SNAPSHOT, WireError, type StateSection } from "./wire.ts";
+import { FLAG_SNAPSHOT, WireError, type StateSection } from "./wire.ts";
 import type { MigrationStatus } from "./source.ts";
 import { existsSync, unlinkSync } from "node:fs";
 
@@ -45,10 +46,12 @@ export class MigrationIncoming {
   private readonly ctl = new Int32Array(this.ctlSab);
   private readonly ctlBytes = new Uint8Array(this.ctlSab);
 
+  /** `autostart`: whether the guest should run once here, if it ran on the source (QEMU's autostart). */
   constructor(
     private readonly m: Machine,
     private readonly uri: MigrationUri,
     private readonly hooks: IncomingHooks,
+    private readonly autostart: () => boolean,
   ) {}
 
   private setStatus(s: MigrationStatus): void {
@@ -75,7 +78,13 @@ export class MigrationIncoming {
       source = { kind: "fd", fd: r, display: u.command };
     }
     this.ch = new WorkerChannel<RecvCommand, RecvEvent>("recv-worker");
-    const init = await this.ch.call({ type: "init", memory: this.m.memory.desc, ctl: this.ctlSab, config: guestConfig(this.m) });
+    const init = await this.ch.call({
+      type: "init",
+      memory: this.m.memory.desc,
+      ctl: this.ctlSab,
+      config: guestConfig(this.m),
+      goWords: this.m.vcpus.map((v) => v.goWord),
+    });
     if (init.type === "error") throw new IncomingError(init.message);
     const ready = await this.ch.call({ type: "prepare", source });
     if (ready.type === "error") throw new IncomingError(ready.message);
@@ -87,7 +96,6 @@ export class MigrationIncoming {
    */
   async receive(): Promise<IncomingResult> {
     const ch = this.ch!;
-    const sections: StateSection[] = [];
     let run = false;
     const outcome = new Promise<void>((resolve, reject) => {
       ch.onEvent((ev) => {
@@ -95,24 +103,23 @@ export class MigrationIncoming {
           case "connected":
             this.setStatus("active");
             break;
-          case "state":
-            try {
-              sections.push(decodeState(ev.payload));
-            } catch (e) {
-              reject(e as Error);
-            }
+          case "memfd":
+            // The receiving Worker mapped the source's guest RAM over ours (same-host migration).
+            this.m.memory.adoptedElsewhere(ev.fd);
             break;
           case "end":
-            void this.applyEnd(ev.json, ev.flags, sections).then(
+            trace("dst.end");
+            void this.applyEnd(ev.json, ev.flags, ev.sections).then(
               (r) => {
                 run = r;
-                this.verdict(VERDICT_LOADED);
+                this.verdict(r ? VERDICT_LOADED_RUN : VERDICT_LOADED_STAY);
               },
               // The Worker answers ERROR to the source and then reports the failure itself.
               (e: Error) => this.verdict(VERDICT_FAILED, e.message),
             );
             break;
           case "done":
+            trace("dst.done");
             resolve();
             break;
           case "error":
@@ -129,13 +136,18 @@ export class MigrationIncoming {
     } catch (e) {
       this.errorDesc = (e as Error).message;
       this.setStatus("failed");
+      // vCPUs restored and waiting for the switchover stay parked.
+      for (const v of this.m.vcpus) v.go(false);
       throw e;
     } finally {
       this.close();
     }
   }
 
-  /** Apply the received state (the Worker waits for the verdict before it answers LOADED). */
+  /**
+   * Apply the received state (the Worker waits for the verdict before it answers LOADED). The vCPUs
+   * are left waiting on their go words; whether they will run is the verdict's.
+   */
   private async applyEnd(json: string, flags: number, sections: StateSection[]): Promise<boolean> {
     let end: { runState?: unknown; pausedRealtimeNs?: unknown };
     try {
@@ -146,8 +158,9 @@ export class MigrationIncoming {
     const snapshot = (flags & FLAG_SNAPSHOT) !== 0;
     const paused = typeof end.pausedRealtimeNs === "number" ? end.pausedRealtimeNs : 0;
     const advanceNs = snapshot ? 0 : Math.min(Math.max(Date.now() * 1e6 - paused, 0), MAX_ADVANCE_NS);
-    await restoreMachineState(this.m, sections, { advanceNs });
-    return end.runState === "running";
+    await restoreMachineState(this.m, sections, { advanceNs, waitGo: true });
+    trace("dst.restored");
+    return end.runState === "running" && this.autostart();
   }
 
   private verdict(v: number, text = ""): void {

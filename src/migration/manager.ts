@@ -23,8 +23,13 @@ export interface ManagerHooks {
   log(level: "info" | "warn" | "debug", msg: string): void;
   /** An incoming migration failed: this process has nothing to run (QEMU exits here). */
   incomingFailed(e: Error): void;
-  /** An incoming migration completed; `run` says whether the guest was running on the source. */
+  /**
+   * An incoming migration completed; `run`: the guest is running here now (it ran on the source and
+   * autostart allowed it), else it waits paused.
+   */
   incomingDone(run: boolean): void;
+  /** Whether a guest that ran on the source should run here (QEMU's autostart: off with -S or after stop). */
+  autostart(): boolean;
 }
 
 export class MigrationManager {
@@ -60,13 +65,17 @@ export class MigrationManager {
     if (st === "inmigrate") throw new MigrationError("Guest is waiting for an incoming migration");
     if (st === "postmigrate") throw new MigrationError("the guest has already been migrated away from this process");
     if (st === "shutdown" || st === "internal-error") throw new MigrationError(`the guest cannot be migrated in state '${st}'`);
+    const local = this.caps.get("x-ignore-shared") === true;
+    if (local && u.transport !== "unix") {
+      throw new MigrationError("x-ignore-shared passes guest memory to a destination on this host: it needs a unix: URI");
+    }
     this.source = new MigrationSource(this.m, u, this.params, {
       onStatus: (s) => this.event(s),
       onPass: (pass) => {
         if (this.caps.get("events")) this.hooks.emit("MIGRATION_PASS", { pass });
       },
       log: this.hooks.log,
-    });
+    }, local);
   }
 
   /** QMP migrate_cancel: a no-op when nothing runs, as in QEMU. */
@@ -86,7 +95,7 @@ export class MigrationManager {
         this.event(s);
       },
       log: this.hooks.log,
-    });
+    }, () => this.hooks.autostart());
     await this.incoming.listen();
     this.incoming.receive().then(
       ({ run }) => this.hooks.incomingDone(run),

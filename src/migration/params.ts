@@ -48,7 +48,12 @@ export function applyParameters(cur: MigrationParameters, args: Record<string, u
   return next;
 }
 
-export const CAPABILITIES = ["events"] as const;
+/**
+ * events: MIGRATION / MIGRATION_PASS events (QEMU's). x-ignore-shared: guest RAM is shared memory, so
+ * over a unix: socket kiln passes its memfd to the destination instead of copying pages (QEMU's name
+ * for not migrating shared RAM; the same-host upgrade).
+ */
+export const CAPABILITIES = ["events", "x-ignore-shared"] as const;
 export type Capability = (typeof CAPABILITIES)[number];
 
 export function checkCapability(name: unknown): Capability {

@@ -8,11 +8,13 @@
  */
 import { GuestMemory } from "../memory/guest-memory.ts";
 import { open, O_RDONLY, close as closeFdLibc } from "../../ffi/libc.ts";
-import { acceptRaw, listenOn, tuneStream, closeFd } from "../../ffi/socket.ts";
+import { acceptRaw, listenOn, recvWithFds, tuneStream, closeFd } from "../../ffi/socket.ts";
+import { ptr } from "bun:ffi";
+import { EAGAIN, EINTR } from "../../ffi/errno.ts";
 import { IovecList, readExact, readvAll, writeAll, TransportError } from "./fdio.ts";
 import { errnoMessage } from "../../ffi/errno.ts";
 import { configMismatch, type GuestConfig } from "../vmm/machine-state.ts";
-import { RCTL_TEXT, RCTL_TEXT_LEN, RCTL_VERDICT, VERDICT_LOADED, type RecvCommand, type RecvEvent, type RecvSource, type RecvStats } from "./worker-protocol.ts";
+import { RCTL_TEXT, RCTL_TEXT_LEN, RCTL_VERDICT, VERDICT_FAILED, VERDICT_LOADED_RUN, type RecvCommand, type RecvEvent, type RecvSource, type RecvStats } from "./worker-protocol.ts";
 import {
   FLAG_RETURN_PATH,
   HEADER_SIZE,
@@ -27,8 +29,12 @@ import {
   decodeHeader,
   decodeRecordHeader,
   decodeRuns,
+  decodeState,
   record,
+  type StateSection,
 } from "./wire.ts";
+import { GO_RUN, GO_WAIT } from "../vmm/vcpu-protocol.ts";
+import { trace } from "../util/trace.ts";
 
 declare const self: Worker;
 
@@ -36,6 +42,8 @@ let mem: GuestMemory;
 let ctl: Int32Array;
 let ctlBytes: Uint8Array;
 let expected: GuestConfig;
+let goWords: Int32Array[] = [];
+let goIndex = 0;
 let listenFd = -1;
 let fd = -1;
 let source: RecvSource;
@@ -82,6 +90,33 @@ function connect(): number {
 function readPayload(length: number, limit: number, what: string): Uint8Array {
   if (length > limit) throw new WireError(`${what} record is too large (${length} bytes, limit ${limit})`);
   return readExact(fd, length)!;
+}
+
+/** File descriptors that arrived with the stream (SCM_RIGHTS), for the next MEMFD record. */
+const passedFds: number[] = [];
+
+/**
+ * The next record header, or null at a clean end of stream. On a socket it is read with recvmsg so
+ * that a file descriptor passed with it (a MEMFD record) is not lost.
+ */
+function readRecordHeader(): Uint8Array | null {
+  if (source.kind !== "listen") return readExact(fd, RECORD_HEADER_SIZE, "migration stream", true);
+  const b = new Uint8Array(RECORD_HEADER_SIZE);
+  let done = 0;
+  while (done < RECORD_HEADER_SIZE) {
+    const { n, fds } = recvWithFds(fd, ptr(b) + done, RECORD_HEADER_SIZE - done);
+    passedFds.push(...fds);
+    if (n < 0) {
+      if (-n === EINTR || -n === EAGAIN) continue;
+      throw new TransportError(`reading the migration stream failed: ${errnoMessage(-n)}`);
+    }
+    if (n === 0) {
+      if (done === 0) return null;
+      throw new TransportError(`the migration stream ended early (${done} of ${RECORD_HEADER_SIZE} bytes)`);
+    }
+    done += n;
+  }
+  return b;
 }
 
 /** A RAM record: validate the run table, then read the data straight into guest memory. */
@@ -132,8 +167,9 @@ function receive(): void {
   send({ type: "connected", fd, flags });
   const stats: RecvStats = { bytes: HEADER_SIZE, dataPages: 0, zeroPages: 0 };
   let sawConfig = false;
+  const sections: StateSection[] = [];
   for (;;) {
-    const h = readExact(fd, RECORD_HEADER_SIZE, "migration stream", true);
+    const h = readRecordHeader();
     if (!h) throw new TransportError("the migration stream ended before its END record");
     const { type, length } = decodeRecordHeader(h);
     stats.bytes += RECORD_HEADER_SIZE;
@@ -161,6 +197,25 @@ function receive(): void {
       case Rec.RAM:
         receiveRam(length, stats);
         break;
+      case Rec.MEMFD: {
+        const p = readPayload(length, 8, "memfd");
+        const received = passedFds.splice(0);
+        if (p.byteLength !== 8 || received.length !== 1) {
+          for (const f of received) closeFdLibc(f);
+          throw new WireError("a MEMFD record needs its 8-byte size and exactly one file descriptor (unix sockets only)");
+        }
+        const size = Number(new DataView(p.buffer).getBigUint64(0, true));
+        if (size !== mem.size) {
+          closeFdLibc(received[0]!);
+          throw new WireError(`the source's guest RAM is ${size} bytes, this destination's ${mem.size}`);
+        }
+        // Map the source's pages over ours at the same address: nothing else here is touching guest
+        // RAM before the switchover, and every view and KVM memory slot stays valid.
+        mem.adopt(received[0]!);
+        send({ type: "memfd", fd: received[0]! });
+        stats.bytes += length;
+        break;
+      }
       case Rec.PASS: {
         const p = readPayload(length, 4, "pass");
         if (p.byteLength !== 4) throw new WireError("pass record must be 4 bytes");
@@ -169,32 +224,41 @@ function receive(): void {
         break;
       }
       case Rec.STATE:
-        send({ type: "state", payload: readPayload(length, LIMITS.stateBytes, "state") });
+        sections.push(decodeState(readPayload(length, LIMITS.stateBytes, "state")));
         stats.bytes += length;
         break;
       case Rec.END: {
+        trace("dst.end-record");
         stats.bytes += length;
-        send({ type: "end", json: new TextDecoder().decode(readPayload(length, LIMITS.endBytes, "end")), flags, stats });
+        send({ type: "end", json: new TextDecoder().decode(readPayload(length, LIMITS.endBytes, "end")), flags, stats, sections });
         // The main thread applies the state; wait for its verdict before answering the source.
         while (Atomics.load(ctl, RCTL_VERDICT) === 0) Atomics.wait(ctl, RCTL_VERDICT, 0);
-        if (Atomics.load(ctl, RCTL_VERDICT) !== VERDICT_LOADED) {
+        const verdict = Atomics.load(ctl, RCTL_VERDICT);
+        if (verdict === VERDICT_FAILED) {
           const why = new TextDecoder().decode(ctlBytes.subarray(RCTL_TEXT, RCTL_TEXT + ctl[RCTL_TEXT_LEN]!));
           answer(flags, Rec.ERROR, why);
           throw new TransportError(why);
         }
-        if (!(flags & FLAG_RETURN_PATH)) {
-          send({ type: "done", committed: false });
-          return;
+        if (flags & FLAG_RETURN_PATH) {
+          answer(flags, Rec.LOADED);
+          if (!awaitCommit()) throw new TransportError("the source went away before the switchover (no COMMIT)");
         }
-        answer(flags, Rec.LOADED);
-        const committed = awaitCommit();
-        if (!committed) throw new TransportError("the source went away before the switchover (no COMMIT)");
-        send({ type: "done", committed });
+        // The switchover: start the restored vCPUs from here, without a hop through the main thread.
+        trace("dst.commit");
+        if (verdict === VERDICT_LOADED_RUN) release();
+        send({ type: "done", committed: (flags & FLAG_RETURN_PATH) !== 0 });
         return;
       }
       default:
         throw new WireError(`unknown record type ${type}`);
     }
+  }
+}
+
+/** Let every restored vCPU run (GO_RUN on its go word; see vcpu-protocol.ts CTL_GO). */
+function release(): void {
+  for (const w of goWords) {
+    if (Atomics.compareExchange(w, goIndex, GO_WAIT, GO_RUN) === GO_WAIT) Atomics.notify(w, goIndex);
   }
 }
 
@@ -218,6 +282,8 @@ function handle(msg: RecvCommand): void {
       ctl = new Int32Array(msg.ctl);
       ctlBytes = new Uint8Array(msg.ctl);
       expected = msg.config;
+      goWords = msg.goWords.map((g) => new Int32Array(g.sab));
+      goIndex = msg.goWords[0]?.index ?? 0;
       send({ type: "ok" });
       return;
     case "prepare":
@@ -227,6 +293,7 @@ function handle(msg: RecvCommand): void {
       receive();
       return;
     case "close":
+      for (const f of passedFds.splice(0)) closeFdLibc(f);
       if (fd >= 0 && !(source?.kind === "fd")) closeFdLibc(fd);
       if (listenFd >= 0) closeFd(listenFd);
       fd = -1;

@@ -7,9 +7,10 @@
  * Commands arrive one at a time by postMessage and each gets exactly one reply (see SendCommand).
  */
 import { GuestMemory, WINDOW_SIZE } from "../memory/guest-memory.ts";
+import { trace } from "../util/trace.ts";
 import { Vm } from "../kvm/vm.ts";
 import { open, O_WRONLY, O_CREAT, O_TRUNC, close as closeFdLibc } from "../../ffi/libc.ts";
-import { connectTo, lseekRaw, pollFd, SEEK_DATA, SEEK_HOLE, POLLIN, tuneStream } from "../../ffi/socket.ts";
+import { connectTo, lseekRaw, pollFd, sendWithFd, SEEK_DATA, SEEK_HOLE, POLLIN, tuneStream } from "../../ffi/socket.ts";
 import { IovecList, readExact, writeAll, writevAll, TransportError } from "./fdio.ts";
 import { SCTL_CANCEL, SCTL_SLEEP, type SendCommand, type SendReply, type SendStats, type SendTarget } from "./worker-protocol.ts";
 import {
@@ -22,6 +23,7 @@ import {
   RUN_DESC_SIZE,
   RUN_ZERO,
   decodeRecordHeader,
+  record,
   writeRecordHeader,
 } from "./wire.ts";
 
@@ -275,11 +277,23 @@ function handle(msg: SendCommand): SendReply {
       return { type: "synced", dirtyPages: sync() };
     case "send":
       return { type: "sent", stats: msg.full ? sendFull() : sendPending() };
-    case "await":
-      return { type: "response", ...awaitResponse(msg.timeoutMs) };
+    case "await": {
+      const r = awaitResponse(msg.timeoutMs);
+      if (msg.commitOn !== undefined && r.rtype === msg.commitOn) {
+        trace("src.loaded");
+        writeAll(fd, record(Rec.COMMIT));
+      }
+      return { type: "response", ...r };
+    }
     case "bandwidth":
       maxBandwidth = msg.bytesPerSec;
       return { type: "ok" };
+    case "send-memfd": {
+      const payload = new Uint8Array(8);
+      new DataView(payload.buffer).setBigUint64(0, BigInt(mem.size), true);
+      sendWithFd(fd, record(Rec.MEMFD, payload), mem.fd);
+      return { type: "ok" };
+    }
     case "close":
       if (fd >= 0) closeFdLibc(fd);
       fd = -1;

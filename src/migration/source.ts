@@ -10,8 +10,10 @@
  *
  * Whatever fails or is cancelled before COMMIT, the guest keeps running here.
  */
+import { trace } from "../util/trace.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { guestConfig, saveMachineState } from "../vmm/machine-state.ts";
+import type { VcpuState } from "../vmm/vcpu-protocol.ts";
 import { shutdownFd, pipe, closeFd } from "../../ffi/socket.ts";
 import { WorkerChannel } from "./channel.ts";
 import { SCTL_CANCEL, SCTL_SLEEP, SCTL_WORDS, type SendCommand, type SendReply, type SendStats, type SendTarget } from "./worker-protocol.ts";
@@ -53,6 +55,12 @@ export interface SourceHooks {
 /** How long the destination may take to answer at setup and at switchover. */
 const CONFIG_TIMEOUT_MS = 30_000;
 const LOADED_TIMEOUT_MS = 60_000;
+/** Pre-copy goes on while a pass leaves less than this fraction of what the previous one left... */
+const SHRINKING = 0.75;
+/** ...and more than this much (below it, the stopped pass is already short)... */
+const SMALL_ENOUGH = 1 << 20;
+/** ...for at most this many passes (StratoVirt's bound). */
+const MAX_PASSES = 30;
 
 export class MigrationSource {
   readonly progress: MigrationProgress;
@@ -66,11 +74,13 @@ export class MigrationSource {
   private dirtyLogging = false;
   private readonly done: Promise<void>;
 
+  /** `local`: a same-host migration that passes guest RAM's memfd instead of copying pages (unix: only). */
   constructor(
     private readonly m: Machine,
     private readonly uri: MigrationUri,
     private readonly params: MigrationParameters,
     private readonly hooks: SourceHooks,
+    private readonly local = false,
   ) {
     this.progress = {
       status: "setup",
@@ -159,8 +169,9 @@ export class MigrationSource {
     const p = this.progress;
     this.hooks.onStatus("setup");
     try {
-      const userDirty = m.startDirtyLog();
-      this.dirtyLogging = true;
+      // Same-host: the destination maps this RAM itself; nothing to track or copy.
+      const userDirty = this.local ? null : m.startDirtyLog();
+      this.dirtyLogging = !this.local;
       await this.cmd({ type: "init", memory: m.memory.desc, vmFd: m.vm.fd, userDirty, ctl: this.ctlSab, maxBandwidth: this.params["max-bandwidth"] });
       const { target, returnPath, snapshot } = await this.openTarget();
       this.check();
@@ -172,44 +183,63 @@ export class MigrationSource {
       if (returnPath) await this.expect(Rec.CONFIG_OK, CONFIG_TIMEOUT_MS);
       p.setupMs = performance.now() - p.startedAt;
       this.setStatus("active");
+      // Encode the device sections once now (and throw them away): the encoder then runs warm in the downtime.
+      concat(m.devices.map((d) => encodeState({ name: d.persistName, version: d.persistVersion, data: d.save() })));
 
+      if (this.local) {
+        // Hand over the memfd (the guest goes on running on the shared pages until the switchover).
+        await this.cmd({ type: "send-memfd" });
+        p.remaining = 0;
+      }
       // Pass 1: everything that holds data. Dirty logging is already on, so nothing written meanwhile is lost.
-      await this.pass(true);
-      for (;;) {
+      if (!this.local) await this.pass(true);
+      let previous = Infinity;
+      while (!this.local) {
         this.check();
         const dirty = ((await this.cmd({ type: "sync" })) as Extract<SendReply, { type: "synced" }>).dirtyPages;
         p.dirtySyncCount++;
         p.remaining = dirty * PAGE_SIZE;
-        const bytesPerMs = Math.max(p.mbps * 1e6 / 8 / 1000, 1);
+        const bytesPerMs = Math.max((p.mbps * 1e6) / 8 / 1000, 1);
         p.expectedDowntimeMs = Math.round(p.remaining / bytesPerMs);
-        // Converged; but do one incremental pass even when pass 1 left almost nothing, so that the
-        // switchover runs warm code rather than code that has never run (JavaScript starts cold).
-        const converged = p.expectedDowntimeMs <= this.params["downtime-limit"];
-        if (m.state !== "running" || (converged && p.pass >= 2)) break;
+        if (m.state !== "running") break;
+        // Within the limit, keep going while each pass still shrinks what is left markedly: the stopped
+        // pass is then as small as the guest's writing allows, for a little more total time. Always do
+        // at least one incremental pass, so the switchover runs warm code (JavaScript starts cold).
+        const withinLimit = p.expectedDowntimeMs <= this.params["downtime-limit"];
+        const stillShrinking = p.remaining < previous * SHRINKING && p.remaining > SMALL_ENOUGH;
+        if (withinLimit && p.pass >= 2 && (!stillShrinking || p.pass >= MAX_PASSES)) break;
+        previous = p.remaining;
         await this.pass(false);
       }
 
       // Switchover: from here the guest is stopped; everything still dirty goes now.
       const wasRunning = m.state === "running";
       const pausedAt = performance.now();
+      let cpuStates: (VcpuState | undefined)[] = [];
+      trace("src.pause");
       if (wasRunning) {
         this.pausedByUs = true;
-        await m.pause("finish-migrate");
+        cpuStates = await m.pauseAndSave("finish-migrate", true);
       }
       const pausedRealtimeNs = Date.now() * 1e6;
-      await this.cmd({ type: "sync" });
+      trace("src.paused");
+      // Commands to the data-path Worker are queued without waiting for each answer: it sends the last
+      // pages while this thread collects the state (the downtime is their maximum, not their sum), then
+      // writes the state, then waits for LOADED and answers COMMIT itself.
+      const queued: Promise<unknown>[] = this.local ? [] : [this.cmd({ type: "sync" }), this.pass(false, true)];
+      queued.forEach((q) => q.catch(() => {}));
+      const sections = await saveMachineState(m, cpuStates);
+      trace("src.state-saved");
       p.dirtySyncCount++;
-      // The data-path Worker sends the last pages while this thread collects the state: both only read
-      // a stopped machine, and the downtime is their maximum, not their sum.
-      const [, sections] = await Promise.all([this.pass(false, true), saveMachineState(m)]);
       const tail: Uint8Array[] = sections.map(encodeState);
       tail.push(jsonRecord(Rec.END, { runState: wasRunning ? "running" : "paused", pausedRealtimeNs }));
-      await this.cmd({ type: "write", bytes: concat(tail) });
-      if (returnPath) {
-        await this.expect(Rec.LOADED, LOADED_TIMEOUT_MS);
-        // The point of no return: after COMMIT the destination runs the guest, so this side must not.
-        await this.cmd({ type: "write", bytes: record(Rec.COMMIT) });
-      }
+      queued.push(this.cmd({ type: "write", bytes: concat(tail) }));
+      // The point of no return: on LOADED the Worker answers COMMIT, after which the destination runs
+      // the guest, so this side must not.
+      if (returnPath) queued.push(this.expect(Rec.LOADED, LOADED_TIMEOUT_MS, true));
+      queued.forEach((q) => q.catch(() => {}));
+      await Promise.all(queued);
+      trace("src.committed");
       await this.cmd({ type: "close" });
       this.fd = -1;
       if (this.child) {
@@ -218,6 +248,8 @@ export class MigrationSource {
       }
       p.downtimeMs = Math.round(performance.now() - pausedAt);
       p.remaining = 0;
+      // The destination owns the shared pages now; this process must never touch them again.
+      if (this.local) m.memory.detach();
       p.totalMs = Math.round(performance.now() - p.startedAt);
       this.stopDirtyLog();
       this.pausedByUs = false;
@@ -231,20 +263,24 @@ export class MigrationSource {
     }
   }
 
+  /** One pre-copy pass. Both commands are queued before anything is awaited, so a caller may queue more. */
   private async pass(full: boolean, final = false): Promise<void> {
     const p = this.progress;
     p.pass++;
-    await this.cmd({ type: "write", bytes: passRecord(p.pass) });
     if (!final) this.hooks.onPass(p.pass);
     const t0 = performance.now();
-    const r = (await this.cmd({ type: "send", full })) as Extract<SendReply, { type: "sent" }>;
+    const marker = this.cmd({ type: "write", bytes: passRecord(p.pass) });
+    const sent = this.cmd({ type: "send", full });
+    marker.catch(() => {});
+    await marker;
+    const r = (await sent) as Extract<SendReply, { type: "sent" }>;
     this.account(r.stats);
     const secs = (performance.now() - t0) / 1000;
     if (!full && secs > 0) p.dirtyPagesRate = Math.round((r.stats.normalPages + r.stats.zeroPages) / secs);
   }
 
-  private async expect(type: number, timeoutMs: number): Promise<void> {
-    const r = (await this.cmd({ type: "await", timeoutMs })) as Extract<SendReply, { type: "response" }>;
+  private async expect(type: number, timeoutMs: number, commit = false): Promise<void> {
+    const r = (await this.cmd({ type: "await", timeoutMs, commitOn: commit ? type : undefined })) as Extract<SendReply, { type: "response" }>;
     if (r.rtype === Rec.ERROR) throw new MigrationFailed(`the destination refused: ${r.text}`);
     if (r.rtype !== type) throw new MigrationFailed(`unexpected answer ${r.rtype} from the destination`);
   }

@@ -33,6 +33,11 @@ export const Rec = {
   END: 5,
   /** Source -> destination after LOADED: the switchover; only now may the destination run the guest. */
   COMMIT: 6,
+  /**
+   * Same-host only (unix sockets, capability x-ignore-shared): u64 RAM size, with the guest RAM's
+   * memfd attached (SCM_RIGHTS). The destination maps it instead of receiving pages.
+   */
+  MEMFD: 7,
   // Return path (destination -> source):
   /** The configuration matches; send the rest. */
   CONFIG_OK: 100,

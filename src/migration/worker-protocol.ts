@@ -6,6 +6,7 @@
 import type { GuestMemoryDescriptor } from "../memory/guest-memory.ts";
 import type { SockAddr } from "../../ffi/socket.ts";
 import type { GuestConfig } from "../vmm/machine-state.ts";
+import type { StateSection } from "./wire.ts";
 
 export type SendTarget = { kind: "socket"; addr: SockAddr; display: string } | { kind: "file"; path: string } | { kind: "fd"; fd: number; display: string };
 
@@ -25,8 +26,14 @@ export type SendCommand =
   /** Send the pending set (or, with full, every page that holds data) as RAM records. */
   | { type: "send"; full: boolean }
   /** Read one return-path record, waiting at most timeoutMs. */
-  | { type: "await"; timeoutMs: number }
+  /**
+   * Read one return-path record, waiting at most timeoutMs. With `commitOn`, answer that record type
+   * with COMMIT at once, from this thread: the switchover then costs no extra hop to the main thread.
+   */
+  | { type: "await"; timeoutMs: number; commitOn?: number }
   | { type: "bandwidth"; bytesPerSec: number }
+  /** Send the MEMFD record with guest RAM's memfd attached (same-host migration). */
+  | { type: "send-memfd" }
   | { type: "close" };
 
 export type SendReply =
@@ -45,7 +52,14 @@ export const SCTL_WORDS = 4;
 export type RecvSource = { kind: "listen"; addr: SockAddr; display: string } | { kind: "file"; path: string } | { kind: "fd"; fd: number; display: string };
 
 export type RecvCommand =
-  | { type: "init"; memory: GuestMemoryDescriptor; ctl: SharedArrayBuffer; config: GuestConfig }
+  | {
+      type: "init";
+      memory: GuestMemoryDescriptor;
+      ctl: SharedArrayBuffer;
+      config: GuestConfig;
+      /** Each vCPU's go word (vcpu-protocol.ts CTL_GO): set to GO_RUN on COMMIT, so the guest starts with no main-thread hop. */
+      goWords: { sab: SharedArrayBuffer; index: number }[];
+    }
   /** Listen (sockets) now, so that the source can connect as soon as this resolves. */
   | { type: "prepare"; source: RecvSource }
   /**
@@ -60,21 +74,28 @@ export type RecvCommand =
 export type RecvEvent =
   | { type: "listening"; listenFd: number }
   | { type: "connected"; fd: number; flags: number }
-  | { type: "state"; payload: Uint8Array }
   | { type: "pass"; pass: number }
-  | { type: "end"; json: string; flags: number; stats: RecvStats }
+  /** The source's guest RAM is now mapped over ours (same-host migration); we own `fd`. */
+  | { type: "memfd"; fd: number }
+  /** END with every state section before it, decoded here (validated by the main thread when applied). */
+  | { type: "end"; json: string; flags: number; stats: RecvStats; sections: StateSection[] }
   | { type: "ok" }
   /** The protocol finished; `committed` false for streams without a return path (file, exec). */
   | { type: "done"; committed: boolean }
   | { type: "error"; message: string };
 
-/** Shared words: the main thread's verdict after END (1 = state applied, 2 = failed, text in RCTL_TEXT). */
+/**
+ * Shared words: the main thread's verdict after END: state applied and the guest is to run (its vCPUs
+ * wait on their go words, which the receiver sets on COMMIT), applied and to stay paused, or failed
+ * (text in RCTL_TEXT).
+ */
 export const RCTL_VERDICT = 0;
 export const RCTL_TEXT_LEN = 1;
 export const RCTL_TEXT = 8; // byte offset of the utf-8 failure text
 export const RCTL_BYTES = 4096;
-export const VERDICT_LOADED = 1;
-export const VERDICT_FAILED = 2;
+export const VERDICT_LOADED_RUN = 1;
+export const VERDICT_LOADED_STAY = 2;
+export const VERDICT_FAILED = 3;
 
 export interface RecvStats {
   bytes: number;

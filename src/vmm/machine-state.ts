@@ -66,10 +66,10 @@ export function configMismatch(ours: GuestConfig, theirs: unknown): string | nul
   return null;
 }
 
-/** Save everything while the machine is paused. */
-export async function saveMachineState(m: Machine): Promise<StateSection[]> {
+/** Save everything while the machine is paused; `cpuStates` when the vCPUs already saved theirs as they parked. */
+export async function saveMachineState(m: Machine, cpuStates?: (VcpuState | undefined)[]): Promise<StateSection[]> {
   const sections: StateSection[] = [];
-  const cpus = await Promise.all(m.vcpus.map((v) => v.save()));
+  const cpus = await Promise.all(m.vcpus.map((v, i) => cpuStates?.[i] ?? v.save()));
   cpus.forEach((st, i) => sections.push({ name: `cpu/${i}`, version: CPU_SECTION_VERSION, data: st }));
   sections.push({
     name: "kvm/irqchip",
@@ -113,6 +113,8 @@ function checkVcpuState(name: string, v: unknown, xsaveSize: number): VcpuState 
 export interface RestoreOptions {
   /** Wall time the guest was stopped, added to its TSC and kvmclock (0 for snapshots: time stands still). */
   advanceNs: number;
+  /** Leave the vCPUs waiting on their go words (released by Machine.releaseRestored or the receiver). */
+  waitGo?: boolean;
 }
 
 /**
@@ -141,7 +143,7 @@ export async function restoreMachineState(m: Machine, sections: StateSection[], 
   if (typeof clock.clock !== "string" || !/^\d{1,20}$/.test(clock.clock) || typeof clock.realtime !== "string" || !/^\d{1,20}$/.test(clock.realtime)) {
     throw new PersistError("kvm/clock", "bad clock values");
   }
-  await Promise.all(m.vcpus.map((v, i) => v.restore(cpus[i]!, opts.advanceNs)));
+  await Promise.all(m.vcpus.map((v, i) => v.restore(cpus[i]!, opts.advanceNs, opts.waitGo ?? false)));
   for (const c of chips) m.vm.setIrqchip(c);
   m.vm.setPit2(pit);
   // With KVM_CLOCK_REALTIME, KVM adds the wall time since `realtime` to the clock: the downtime.

@@ -23,9 +23,12 @@ import { ResetControl } from "../devices/legacy/reset-control.ts";
 import { PostPort } from "../devices/legacy/post.ts";
 import { PciConfigPorts, PciRoot, SimpleConfigSpace, Q35_HOST_BRIDGE } from "../devices/pci/host.ts";
 import { VcpuThread, type StoppedMessage } from "./vcpu-thread.ts";
+import type { VcpuState } from "./vcpu-protocol.ts";
 import { ExitServer } from "./exit-server.ts";
 import { installNoopSignalHandler } from "../../ffi/libc.ts";
 import type { Persistent } from "../persist/persist.ts";
+import type { DeviceConfig, DriveConfig, NetdevConfig } from "../cli/config.ts";
+import { VirtioDevices } from "./virtio-devices.ts";
 
 export type MachineType = "microvm" | "q35";
 
@@ -36,6 +39,10 @@ export interface MachineConfig {
   kernel: string;
   cmdline: string;
   initrd?: string;
+  /** -device / -drive / -netdev as parsed (virtio devices; see virtio-devices.ts). */
+  devices?: DeviceConfig[];
+  drives?: DriveConfig[];
+  netdevs?: NetdevConfig[];
 }
 
 export interface MachineHooks {
@@ -85,6 +92,8 @@ export class Machine {
   private pm!: AcpiPm;
   /** The PCI root bus (q35 only). */
   pci: PciRoot | undefined;
+  /** virtio-blk / virtio-net devices (their transports are in `devices` too). */
+  virtio: VirtioDevices | undefined;
   vm!: Vm;
   state: RunState = "prelaunch";
   private stopListeners: ((e: StopEvent) => void)[] = [];
@@ -132,7 +141,7 @@ export class Machine {
     const m = new Machine(config, kvm, memory, kernel, initrd, hooks);
     try {
       m.spawnVcpus();
-      m.attachDevices();
+      m.attachDevices(opts.boot === false);
       m.buildVm();
       const boot = opts.boot === false ? undefined : m.loadGuest();
       await m.startVcpus(boot);
@@ -151,7 +160,8 @@ export class Machine {
     vm.setTssAddr(L.KVM_TSS_START);
     vm.setIdentityMapAddr(L.KVM_IDENTITY_MAP_START);
     vm.createIrqchip();
-    vm.setGsiRouting(defaultRoutes());
+    // The whole table: the ISA routes plus the MSI routes of PCI devices.
+    this.virtio!.attachVm(vm, defaultRoutes());
     vm.createPit2();
     for (const r of this.memory.regions) vm.setUserMemoryRegion(r.slot, 0, r.gpa, r.size, this.memory.hostAddr + r.offset);
   }
@@ -162,7 +172,7 @@ export class Machine {
     const acpi = buildAcpiTables(this.memory, {
       machine: c.machine,
       cpus: c.topology.cpus,
-      virtioMmio: [],
+      virtioMmio: this.virtio!.acpiSlots(),
       pciRoot:
         c.machine === "q35"
           ? {
@@ -177,7 +187,7 @@ export class Machine {
     const entry = loadKernel(this.memory, {
       kernel: this.kernel,
       kernelPath: c.kernel,
-      cmdline: c.cmdline,
+      cmdline: c.cmdline + this.virtio!.cmdlineSuffix(),
       initrd: this.initrd,
       initrdPath: c.initrd,
       memSize: c.memSize,
@@ -187,8 +197,17 @@ export class Machine {
     return initialCpuState(entry);
   }
 
-  private attachDevices(): void {
+  private attachDevices(incoming: boolean): void {
     const b = this.buses;
+    this.virtio = VirtioDevices.create({
+      machine: this.config.machine,
+      devices: this.config.devices ?? [],
+      drives: this.config.drives ?? [],
+      netdevs: this.config.netdevs ?? [],
+      memory: this.memory,
+      incoming,
+      log: (level, msg) => this.hooks.log(level, msg),
+    });
     b.registerPio(L.COM1_PORT, 8, this.serial, "serial");
     const i8042 = new I8042({ irq: this.irq(L.I8042_IRQ), onReset: () => this.guestStop({ kind: "reset", detail: "keyboard controller reset (i8042)" }) });
     // 0x60..0x64 (0x61 never exits: the in-kernel PIT answers it).
@@ -201,12 +220,14 @@ export class Machine {
     const reset = new ResetControl({ onReset: () => this.guestStop({ kind: "reset", detail: "reset control register (0xcf9)" }) });
     if (this.config.machine === "q35") {
       this.pci = new PciRoot();
-      this.pci.attach(0, new SimpleConfigSpace(Q35_HOST_BRIDGE.vendor, Q35_HOST_BRIDGE.device, Q35_HOST_BRIDGE.classCode));
+      this.pci.attach(VirtioDevices.hostBridgeDevfn(this.config.devices ?? []), new SimpleConfigSpace(Q35_HOST_BRIDGE.vendor, Q35_HOST_BRIDGE.device, Q35_HOST_BRIDGE.classCode));
     }
     // 0xcf8..0xcff: PCI config address/data on q35, with the reset control register's byte at 0xcf9.
     const pciPorts = new PciConfigPorts(this.pci, reset);
     b.registerPio(L.PCI_CONFIG_ADDRESS_PORT, 8, pciPorts, "pci-config");
     this.devices.push(this.serial, i8042, rtc, pm, reset, pciPorts);
+    this.virtio.attach(b, this.pci);
+    this.devices.push(...this.virtio.transports);
   }
 
   /** An interrupt line into the in-kernel irqchip. */
@@ -248,6 +269,7 @@ export class Machine {
   resume(): void {
     if (this.stopped) return;
     const was = this.state;
+    this.virtio?.resume();
     for (const v of this.vcpus) v.run();
     this.state = "running";
     if (was !== "running") this.emit("RESUME");
@@ -258,10 +280,20 @@ export class Machine {
    * A STOP event when the guest was running.
    */
   async pause(state: RunState = "paused"): Promise<void> {
+    await this.pauseAndSave(state, false);
+  }
+
+  /**
+   * pause(), with `save`: each vCPU saves its state as it parks (a migration's switchover: one hop
+   * fewer). Returns the states of the vCPUs that were running (undefined for the others).
+   */
+  async pauseAndSave(state: RunState, save: boolean): Promise<(VcpuState | undefined)[]> {
     const was = this.state;
-    await Promise.all(this.vcpus.map((v) => v.pause()));
+    const states = await Promise.all(this.vcpus.map((v) => v.pauseAndSave(save)));
+    await this.virtio?.quiesce(state);
     if (!this.stopped) this.state = state;
     if (was === "running") this.emit("STOP");
+    return states;
   }
 
   /** Machine events for QMP (STOP, RESUME, RESET, SHUTDOWN, POWERDOWN, MIGRATION...). */
@@ -304,6 +336,18 @@ export class Machine {
     await this.startVcpus(this.loadGuest());
     if (wasRunning) this.resume();
     else this.state = "paused";
+  }
+
+  /**
+   * The vCPUs were restored with waitGo and have been released by the migration receiver (or must be
+   * now): record that the guest runs (or stays paused) and announce it.
+   */
+  releaseRestored(run: boolean): void {
+    for (const v of this.vcpus) v.go(run);
+    if (!run) return;
+    this.virtio?.resume();
+    this.state = "running";
+    this.emit("RESUME");
   }
 
   /** Press the ACPI power button (QMP system_powerdown); the guest decides what to do. */
@@ -363,6 +407,8 @@ export class Machine {
   /** Tear everything down without waiting (process exit path). */
   destroy(): void {
     this.exitServer.stop();
+    this.virtio?.close();
+    this.virtio = undefined;
     for (const v of this.vcpus) v.terminate();
     this.vcpus.length = 0;
   }

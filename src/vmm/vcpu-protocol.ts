@@ -32,6 +32,16 @@ export const CTL_ADDR_LO = 6;
 export const CTL_ADDR_HI = 7;
 /** Incremented by the Worker on every KVM exit: a cheap liveness/progress counter. */
 export const CTL_EXITS = 8;
+/** Set by the main thread before a pause: save the vCPU state on the way out and send it with "paused". */
+export const CTL_SAVE_ON_PARK = 9;
+/**
+ * After a restore with `waitGo`, the Worker blocks until this word is GO_RUN (enter KVM_RUN at once: a
+ * migration destination's switchover, with no hop through the main thread) or GO_STAY (park).
+ */
+export const CTL_GO = 10;
+export const GO_WAIT = 0;
+export const GO_RUN = 1;
+export const GO_STAY = 2;
 export const CTL_WORDS = 16;
 /** Request data (PIO string data up to a page, or MMIO's 8 bytes) follows the control words. */
 export const CTL_DATA_OFFSET = CTL_WORDS * 4;
@@ -103,8 +113,11 @@ export type MainToVcpu =
   | VcpuInitMessage
   | { type: "run" }
   | { type: "save" }
-  /** `tscAdvanceNs`: move the guest TSC forward by this much wall time (the downtime of a live migration). */
-  | { type: "restore"; state: VcpuState; tscAdvanceNs: number }
+  /**
+   * `tscAdvanceNs`: move the guest TSC forward by this much wall time (the downtime of a live
+   * migration). `waitGo`: after answering "restored", block on CTL_GO (see there).
+   */
+  | { type: "restore"; state: VcpuState; tscAdvanceNs: number; waitGo?: boolean }
   /** Close the vCPU fd and unmap kvm_run (only while paused); answered with "destroyed". */
   | { type: "destroy" };
 
@@ -112,7 +125,7 @@ export type GuestStopReason = "triple-fault" | "internal-error" | "fail-entry" |
 
 export type VcpuToMain =
   | { type: "ready"; id: number; tid: number; runAddr: number }
-  | { type: "paused"; id: number }
+  | { type: "paused"; id: number; state?: VcpuState }
   | { type: "state"; id: number; state: VcpuState }
   | { type: "restored"; id: number }
   | { type: "destroyed"; id: number }

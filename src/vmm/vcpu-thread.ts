@@ -9,7 +9,12 @@ import {
   CTL_DATA_OFFSET,
   CTL_DATA_SIZE,
   CTL_EXITS,
+  CTL_GO,
+  CTL_SAVE_ON_PARK,
   CTL_WANT,
+  GO_RUN,
+  GO_STAY,
+  GO_WAIT,
   WANT_EXIT,
   WANT_PAUSE,
   WANT_RUN,
@@ -94,10 +99,19 @@ export class VcpuThread implements RequestSlot {
    * the vCPU touches neither guest memory nor device state.
    */
   async pause(): Promise<void> {
-    if (!this.running) return;
+    await this.pauseAndSave(false);
+  }
+
+  /**
+   * Pause, and with `save` have the Worker save the vCPU's state as it parks (one message instead of
+   * two). Resolves with the state, or undefined when not asked or the vCPU was not running (then use save()).
+   */
+  async pauseAndSave(save: boolean): Promise<VcpuState | undefined> {
+    if (!this.running) return undefined;
     const parked = this.waitFor("paused");
+    if (save) Atomics.store(this.ctl, CTL_SAVE_ON_PARK, 1);
     this.kick(WANT_PAUSE);
-    await parked;
+    return ((await parked) as Extract<VcpuToMain, { type: "paused" }>).state;
   }
 
   private kick(want: number): void {
@@ -114,11 +128,34 @@ export class VcpuThread implements RequestSlot {
     return ((await p) as Extract<VcpuToMain, { type: "state" }>).state;
   }
 
-  async restore(state: VcpuState, tscAdvanceNs = 0): Promise<void> {
+  /**
+   * Load a saved state into the (paused) vCPU. With `waitGo` the Worker then blocks on the go word:
+   * see go() and vcpu-protocol.ts CTL_GO.
+   */
+  async restore(state: VcpuState, tscAdvanceNs = 0, waitGo = false): Promise<void> {
     if (this.running) throw new VcpuError(this.id, "restore while running");
     const p = this.waitFor("restored");
-    this.post({ type: "restore", state, tscAdvanceNs });
+    if (waitGo) {
+      Atomics.store(this.ctl, CTL_GO, GO_WAIT);
+      Atomics.store(this.ctl, CTL_WANT, WANT_RUN);
+    }
+    this.post({ type: "restore", state, tscAdvanceNs, waitGo });
     await p;
+  }
+
+  /** The go word for a restore with waitGo; another thread (the migration receiver) may set it. */
+  get goWord(): { sab: SharedArrayBuffer; index: number } {
+    return { sab: this.sab, index: CTL_GO };
+  }
+
+  /**
+   * Release a vCPU waiting after restore(..., waitGo): run it, or leave it parked. The migration
+   * receiver normally sets GO_RUN itself on COMMIT; this records that the vCPU runs (or not).
+   */
+  go(run: boolean): void {
+    const was = Atomics.compareExchange(this.ctl, CTL_GO, GO_WAIT, run ? GO_RUN : GO_STAY);
+    if (was === GO_WAIT) Atomics.notify(this.ctl, CTL_GO);
+    if ((was === GO_WAIT && run) || was === GO_RUN) this.running = true;
   }
 
   /** Number of KVM exits so far (progress indicator for tests and stats). */

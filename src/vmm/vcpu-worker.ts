@@ -7,6 +7,7 @@
 import { KvmExit, KvmRun, KVM_EXIT_IO_OUT, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, exitReasonName } from "../../ffi/kvm-abi.ts";
 import { EINTR, EAGAIN } from "../../ffi/errno.ts";
 import { gettid } from "../../ffi/libc.ts";
+import { trace } from "../util/trace.ts";
 import { Vcpu, readSegment } from "../kvm/vcpu.ts";
 import { KVM_CPUID_TIMING } from "../arch/x86_64/cpuid.ts";
 import { applyBootRegs, applyBootSregs, FPU_FCW_DEFAULT, FPU_MXCSR_DEFAULT, setLapicLints, Msr, type BootCpuState } from "../arch/x86_64/regs.ts";
@@ -18,12 +19,16 @@ import {
   CTL_DATA_SIZE,
   CTL_DIR,
   CTL_EXITS,
+  CTL_GO,
   CTL_KIND,
+  CTL_SAVE_ON_PARK,
   CTL_SIZE,
   CTL_SLOT,
   CTL_WANT,
   DIR_READ,
   DIR_WRITE,
+  GO_RUN,
+  GO_WAIT,
   KIND_MMIO,
   KIND_PIO,
   Q_DOORBELL,
@@ -196,7 +201,12 @@ function runLoop(): void {
     if (want !== WANT_RUN) {
       run[F.immediate_exit.offset] = 0;
       // On WANT_EXIT the main thread terminates this Worker; it only needs us out of KVM_RUN.
-      if (want !== WANT_EXIT) send({ type: "paused", id: vcpu.id });
+      if (want !== WANT_EXIT) {
+        trace(`vcpu${vcpu.id}.parked`);
+        // A migration's switchover asks for the state in the same breath as the pause: one hop fewer.
+        const state = Atomics.exchange(ctl, CTL_SAVE_ON_PARK, 0) ? saveState() : undefined;
+        send({ type: "paused", id: vcpu.id, state });
+      }
       return;
     }
     const r = vcpu.runOnce();
@@ -348,6 +358,14 @@ self.onmessage = (ev: MessageEvent<MainToVcpu>) => {
       case "restore":
         restoreState(msg.state, msg.tscAdvanceNs);
         send({ type: "restored", id: vcpu.id });
+        if (msg.waitGo) {
+          while (Atomics.load(ctl, CTL_GO) === GO_WAIT) Atomics.wait(ctl, CTL_GO, GO_WAIT);
+          if (Atomics.load(ctl, CTL_GO) === GO_RUN) {
+            trace(`vcpu${vcpu.id}.go`);
+            runLoop();
+          }
+          else send({ type: "paused", id: vcpu.id });
+        }
         break;
       case "destroy":
         vcpu.close();

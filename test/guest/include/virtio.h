@@ -35,7 +35,8 @@ struct vq {
         volatile u8 *used;      /* flags u16, idx u16, ring[num] {id u32, len u32}, avail_event u16 */
         u16 free_head, num_free, last_used, avail_idx;
         u16 chain_len[VQ_SIZE_MAX];
-        u64 notify;             /* where a kick is written */
+        u64 notify;             /* where a kick is written: the queue index, 32 bits (mmio) or 16 (pci) */
+        u8 notify_width;
         bool event_idx;
         bool irq;               /* the driver wants interrupts for this queue */
         u64 kicks, kicks_suppressed;
