@@ -69,44 +69,16 @@ export function writeSegment(sregs: StructBuf<typeof KvmSregs.fields>, name: Seg
   for (const k of Object.keys(seg) as (keyof Segment)[]) s.set(k, seg[k]);
 }
 
-export class Vcpu {
-  /** The kvm_run page as bytes; exit data is read from here after KVM_RUN returns. */
-  readonly run: Uint8Array;
-  readonly runView: DataView;
-  readonly runAddr: number;
-
-  private constructor(
+/**
+ * A vCPU file descriptor's state ioctls (registers, MSRs, LAPIC, ...). Any thread may use them; the
+ * KVM API only warns that the first ioctl after a thread switch is slower. A migration destination's
+ * receiver uses this to load vCPU state without a hop through the vCPU's own Worker.
+ */
+export class VcpuFd {
+  constructor(
     readonly fd: number,
     readonly id: number,
-    runAddr: number,
-    runSize: number,
-  ) {
-    this.runAddr = runAddr;
-    this.run = new Uint8Array(toArrayBuffer(runAddr as never, 0, runSize));
-    this.runView = new DataView(this.run.buffer, this.run.byteOffset, this.run.byteLength);
-  }
-
-  static create(vmFd: number, id: number, runSize: number): Vcpu {
-    const fd = ioctlInt(vmFd, Ioctl.CREATE_VCPU, id, `ioctl(KVM_CREATE_VCPU ${id})`);
-    const addr = mmap(runSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0, "mmap(kvm_run)");
-    return new Vcpu(fd, id, addr, runSize);
-  }
-
-  /** Unmap kvm_run and close the fd. The Vcpu must not be used afterwards. */
-  close(): void {
-    munmap(this.runAddr, this.run.byteLength);
-    close(this.fd);
-  }
-
-  /** KVM_RUN; returns 0 or -errno (EINTR is normal: a kick or one of JSC's own signals). */
-  runOnce(): number {
-    const r = ioctlRaw(this.fd, Ioctl.RUN, null);
-    return r < 0 ? -errno() : r;
-  }
-
-  get exitReason(): number {
-    return this.runView.getUint32(KvmRun.fields.exit_reason.offset, true);
-  }
+  ) {}
 
   getRegs(): StructBuf<typeof KvmRegs.fields> {
     const r = KvmRegs.alloc();
@@ -249,5 +221,42 @@ export class Vcpu {
     const val = new BigInt64Array([offset]);
     const a = KvmDeviceAttr.alloc().set("group", KVM_VCPU_TSC_CTRL).set("attr", KVM_VCPU_TSC_OFFSET).set("addr", ptr(val));
     ioctl(this.fd, Ioctl.SET_DEVICE_ATTR, a.bytes, "ioctl(KVM_SET_DEVICE_ATTR tsc offset)");
+  }
+}
+
+/** The vCPU as its own thread runs it: the state ioctls plus the kvm_run page and KVM_RUN. */
+export class Vcpu extends VcpuFd {
+  /** The kvm_run page as bytes; exit data is read from here after KVM_RUN returns. */
+  readonly run: Uint8Array;
+  readonly runView: DataView;
+  readonly runAddr: number;
+
+  private constructor(fd: number, id: number, runAddr: number, runSize: number) {
+    super(fd, id);
+    this.runAddr = runAddr;
+    this.run = new Uint8Array(toArrayBuffer(runAddr as never, 0, runSize));
+    this.runView = new DataView(this.run.buffer, this.run.byteOffset, this.run.byteLength);
+  }
+
+  static create(vmFd: number, id: number, runSize: number): Vcpu {
+    const fd = ioctlInt(vmFd, Ioctl.CREATE_VCPU, id, `ioctl(KVM_CREATE_VCPU ${id})`);
+    const addr = mmap(runSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0, "mmap(kvm_run)");
+    return new Vcpu(fd, id, addr, runSize);
+  }
+
+  /** Unmap kvm_run and close the fd. The Vcpu must not be used afterwards. */
+  close(): void {
+    munmap(this.runAddr, this.run.byteLength);
+    close(this.fd);
+  }
+
+  /** KVM_RUN; returns 0 or -errno (EINTR is normal: a kick or one of JSC's own signals). */
+  runOnce(): number {
+    const r = ioctlRaw(this.fd, Ioctl.RUN, null);
+    return r < 0 ? -errno() : r;
+  }
+
+  get exitReason(): number {
+    return this.runView.getUint32(KvmRun.fields.exit_reason.offset, true);
   }
 }

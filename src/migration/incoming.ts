@@ -6,18 +6,15 @@
  */
 import { trace } from "../util/trace.ts";
 import type { Machine } from "../vmm/machine.ts";
-import { guestConfig, restoreMachineState } from "../vmm/machine-state.ts";
+import { expectedSections, guestConfig, restoreDevices } from "../vmm/machine-state.ts";
 import { pipe, closeFd } from "../../ffi/socket.ts";
 import { removeStaleSocket } from "../chardev/chardev.ts";
 import { WorkerChannel } from "./channel.ts";
 import { RCTL_BYTES, RCTL_TEXT, RCTL_TEXT_LEN, RCTL_VERDICT, VERDICT_FAILED, VERDICT_LOADED_RUN, VERDICT_LOADED_STAY, type RecvCommand, type RecvEvent, type RecvSource } from "./worker-protocol.ts";
 import { describeUri, resolveSockAddr, type MigrationUri } from "./uri.ts";
-import { FLAG_SNAPSHOT, WireError, type StateSection } from "./wire.ts";
+import { WireError, type StateSection } from "./wire.ts";
 import type { MigrationStatus } from "./source.ts";
 import { existsSync, unlinkSync } from "node:fs";
-
-/** The longest a live migration may have kept the guest stopped for its clock to be advanced by it. */
-const MAX_ADVANCE_NS = 10e9;
 
 export interface IncomingHooks {
   onStatus(status: MigrationStatus): void;
@@ -84,10 +81,17 @@ export class MigrationIncoming {
       ctl: this.ctlSab,
       config: guestConfig(this.m),
       goWords: this.m.vcpus.map((v) => v.goWord),
+      vmFd: this.m.vm.fd,
+      vcpuFds: this.m.vcpus.map((v) => v.vcpuFd),
+      xsaveSize: this.m.xsaveSize,
+      msrIndexList: this.m.msrIndexList,
+      sections: expectedSections(this.m),
     });
     if (init.type === "error") throw new IncomingError(init.message);
     const ready = await this.ch.call({ type: "prepare", source });
     if (ready.type === "error") throw new IncomingError(ready.message);
+    // From here the vCPU Workers wait on their go words; the receiver loads their state and lets them run.
+    for (const v of this.m.vcpus) v.arm();
   }
 
   /**
@@ -109,7 +113,7 @@ export class MigrationIncoming {
             break;
           case "end":
             trace("dst.end");
-            void this.applyEnd(ev.json, ev.flags, ev.sections).then(
+            void this.applyEnd(ev.json, ev.sections).then(
               (r) => {
                 run = r;
                 this.verdict(r ? VERDICT_LOADED_RUN : VERDICT_LOADED_STAY);
@@ -145,20 +149,17 @@ export class MigrationIncoming {
   }
 
   /**
-   * Apply the received state (the Worker waits for the verdict before it answers LOADED). The vCPUs
-   * are left waiting on their go words; whether they will run is the verdict's.
+   * The receiving Worker has loaded the vCPUs and KVM state; restore the devices (this thread owns
+   * them). It waits for the verdict before it answers LOADED. Resolves with whether the guest is to run.
    */
-  private async applyEnd(json: string, flags: number, sections: StateSection[]): Promise<boolean> {
-    let end: { runState?: unknown; pausedRealtimeNs?: unknown };
+  private async applyEnd(json: string, sections: StateSection[]): Promise<boolean> {
+    let end: { runState?: unknown };
     try {
       end = JSON.parse(json);
     } catch {
       throw new WireError("the END record is not JSON");
     }
-    const snapshot = (flags & FLAG_SNAPSHOT) !== 0;
-    const paused = typeof end.pausedRealtimeNs === "number" ? end.pausedRealtimeNs : 0;
-    const advanceNs = snapshot ? 0 : Math.min(Math.max(Date.now() * 1e6 - paused, 0), MAX_ADVANCE_NS);
-    await restoreMachineState(this.m, sections, { advanceNs, waitGo: true });
+    restoreDevices(this.m, new Map(sections.map((s) => [s.name, s])));
     trace("dst.restored");
     return end.runState === "running" && this.autostart();
   }

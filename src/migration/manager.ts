@@ -5,7 +5,6 @@
 import type { Machine } from "../vmm/machine.ts";
 import { MigrationSource, type MigrationStatus } from "./source.ts";
 import { MigrationIncoming } from "./incoming.ts";
-import { restoreMachineState, saveMachineState } from "../vmm/machine-state.ts";
 import { applyParameters, checkCapability, DEFAULT_PARAMETERS, CAPABILITIES, type Capability, type MigrationParameters } from "./params.ts";
 import { parseMigrationUri, UriError, type MigrationUri } from "./uri.ts";
 import { PAGE_SIZE } from "./wire.ts";
@@ -85,10 +84,10 @@ export class MigrationManager {
 
   /** Start waiting for an incoming migration (-incoming URI, or QMP migrate-incoming after -incoming defer). */
   async listen(uri: MigrationUri): Promise<void> {
-    // Run the restore path once on the fresh (never run) machine: what it restores is its own pristine
-    // state, and the code the switchover needs is then warm instead of running for the first time
-    // inside the guest's downtime.
-    await restoreMachineState(this.m, await saveMachineState(this.m), { advanceNs: 0 });
+    // Run the device restore path once on the fresh (never run) machine's own pristine state: the
+    // switchover then runs warm code (JavaScript runs a function's first call slowly). The receiving
+    // Worker primes its own part.
+    for (const d of this.m.devices) d.restore(d.save(), d.persistVersion);
     this.incoming = new MigrationIncoming(this.m, uri, {
       onStatus: (s) => {
         this.incomingStatus = s;

@@ -13,10 +13,15 @@ import { ptr } from "bun:ffi";
 import { EAGAIN, EINTR } from "../../ffi/errno.ts";
 import { IovecList, readExact, readvAll, writeAll, TransportError } from "./fdio.ts";
 import { errnoMessage } from "../../ffi/errno.ts";
-import { configMismatch, type GuestConfig } from "../vmm/machine-state.ts";
+import { configMismatch, restoreKvmState, sectionsByName, type GuestConfig, type KvmTargets } from "../vmm/machine-state.ts";
+import { probeSavableMsrs, restoreVcpuState, saveVcpuState } from "../vmm/vcpu-state.ts";
+import { Vm } from "../kvm/vm.ts";
+import { VcpuFd } from "../kvm/vcpu.ts";
+import { KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from "../../ffi/kvm-abi.ts";
 import { RCTL_TEXT, RCTL_TEXT_LEN, RCTL_VERDICT, VERDICT_FAILED, VERDICT_LOADED_RUN, type RecvCommand, type RecvEvent, type RecvSource, type RecvStats } from "./worker-protocol.ts";
 import {
   FLAG_RETURN_PATH,
+  FLAG_SNAPSHOT,
   HEADER_SIZE,
   LIMITS,
   PAGE_SIZE,
@@ -44,6 +49,27 @@ let ctlBytes: Uint8Array;
 let expected: GuestConfig;
 let goWords: Int32Array[] = [];
 let goIndex = 0;
+let kvm: KvmTargets;
+let sectionNames: string[] = [];
+
+/** The longest a live migration may have kept the guest stopped for its clock to be advanced by it. */
+const MAX_ADVANCE_NS = 10e9;
+
+/**
+ * Wall time the guest was stopped, to add to its TSC and kvmclock: the downtime of a live migration
+ * (bounded; clocks of two hosts may disagree), nothing for a snapshot (time stood still for it).
+ */
+function advanceFor(endJson: string, flags: number): number {
+  if (flags & FLAG_SNAPSHOT) return 0;
+  let end: { pausedRealtimeNs?: unknown };
+  try {
+    end = JSON.parse(endJson);
+  } catch {
+    throw new WireError("the END record is not JSON");
+  }
+  const paused = typeof end.pausedRealtimeNs === "number" ? end.pausedRealtimeNs : 0;
+  return Math.min(Math.max(Date.now() * 1e6 - paused, 0), MAX_ADVANCE_NS);
+}
 let listenFd = -1;
 let fd = -1;
 let source: RecvSource;
@@ -230,8 +256,19 @@ function receive(): void {
       case Rec.END: {
         trace("dst.end-record");
         stats.bytes += length;
-        send({ type: "end", json: new TextDecoder().decode(readPayload(length, LIMITS.endBytes, "end")), flags, stats, sections });
-        // The main thread applies the state; wait for its verdict before answering the source.
+        const json = new TextDecoder().decode(readPayload(length, LIMITS.endBytes, "end"));
+        let devices: StateSection[];
+        try {
+          // Load the vCPUs and KVM's devices right here, without a hop to other threads.
+          const byName = sectionsByName(sectionNames, sections);
+          restoreKvmState(kvm, byName, advanceFor(json, flags));
+          devices = sections.filter((s) => !s.name.startsWith("cpu/") && !s.name.startsWith("kvm/"));
+        } catch (e) {
+          answer(flags, Rec.ERROR, (e as Error).message);
+          throw e;
+        }
+        send({ type: "end", json, flags, stats, sections: devices });
+        // The main thread restores the devices; wait for its verdict before answering the source.
         while (Atomics.load(ctl, RCTL_VERDICT) === 0) Atomics.wait(ctl, RCTL_VERDICT, 0);
         const verdict = Atomics.load(ctl, RCTL_VERDICT);
         if (verdict === VERDICT_FAILED) {
@@ -253,6 +290,17 @@ function receive(): void {
         throw new WireError(`unknown record type ${type}`);
     }
   }
+}
+
+/**
+ * Run the restore path once now, on the machine's own pristine state (its vCPUs have never run): the
+ * switchover then runs warm code, including the first vCPU ioctls from this thread, which KVM warns
+ * are slower than the rest.
+ */
+function prime(msrIndexList: number[]): void {
+  for (const v of kvm.vcpus) restoreVcpuState(v, saveVcpuState(v, kvm.xsaveSize, probeSavableMsrs(v, msrIndexList)), 0);
+  for (const chip of [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC]) kvm.vm.setIrqchip(kvm.vm.getIrqchip(chip));
+  kvm.vm.setPit2(kvm.vm.getPit2());
 }
 
 /** Let every restored vCPU run (GO_RUN on its go word; see vcpu-protocol.ts CTL_GO). */
@@ -284,6 +332,9 @@ function handle(msg: RecvCommand): void {
       expected = msg.config;
       goWords = msg.goWords.map((g) => new Int32Array(g.sab));
       goIndex = msg.goWords[0]?.index ?? 0;
+      sectionNames = msg.sections;
+      kvm = { vm: new Vm(msg.vmFd), vcpus: msg.vcpuFds.map((fd, i) => new VcpuFd(fd, i)), xsaveSize: msg.xsaveSize };
+      prime(msg.msrIndexList);
       send({ type: "ok" });
       return;
     case "prepare":

@@ -172,16 +172,13 @@ function sync(): number {
   for (const r of mem.regions) {
     const bm = kvmBitmaps[r.slot]!;
     vm.getDirtyLog(r.slot, bm);
-    const base = r.offset / PAGE_SIZE;
-    for (let i = 0; i < bm.length; i++) {
-      const word = bm[i]!;
-      if (word === 0n) continue;
-      const lo = Number(word & 0xffffffffn);
-      const hi = Number(word >> 32n);
-      const bit = base + i * 64;
-      // Regions start at page offsets that are multiples of 64 pages (they are MiB-aligned).
-      pending[bit >>> 5] = pending[bit >>> 5]! | lo;
-      pending[(bit >>> 5) + 1] = pending[(bit >>> 5) + 1]! | hi;
+    // The same bitmap as 32-bit words (little-endian: low word first), so no BigInt per word.
+    const words = new Int32Array(bm.buffer, bm.byteOffset, bm.length * 2);
+    // Regions start at page offsets that are multiples of 64 pages (they are MiB-aligned).
+    const base = r.offset / PAGE_SIZE / 32;
+    for (let i = 0; i < words.length; i++) {
+      const w = words[i]!;
+      if (w !== 0) pending[base + i] = pending[base + i]! | w;
     }
   }
   if (userDirty) {

@@ -59,6 +59,13 @@ export type RecvCommand =
       config: GuestConfig;
       /** Each vCPU's go word (vcpu-protocol.ts CTL_GO): set to GO_RUN on COMMIT, so the guest starts with no main-thread hop. */
       goWords: { sab: SharedArrayBuffer; index: number }[];
+      /** Where this thread loads the vCPU and KVM state itself (vCPU ioctls work from any thread). */
+      vmFd: number;
+      vcpuFds: number[];
+      xsaveSize: number;
+      msrIndexList: number[];
+      /** Every state section the machine has (cpu/N, kvm/..., then the devices). */
+      sections: string[];
     }
   /** Listen (sockets) now, so that the source can connect as soon as this resolves. */
   | { type: "prepare"; source: RecvSource }
@@ -77,7 +84,10 @@ export type RecvEvent =
   | { type: "pass"; pass: number }
   /** The source's guest RAM is now mapped over ours (same-host migration); we own `fd`. */
   | { type: "memfd"; fd: number }
-  /** END with every state section before it, decoded here (validated by the main thread when applied). */
+  /**
+   * END: this thread has loaded the vCPU and KVM state; the device sections (and END itself) are for
+   * the main thread, which owns the device models.
+   */
   | { type: "end"; json: string; flags: number; stats: RecvStats; sections: StateSection[] }
   | { type: "ok" }
   /** The protocol finished; `committed` false for streams without a return path (file, exec). */

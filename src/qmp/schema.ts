@@ -7,7 +7,7 @@
  * or an enum/struct/union made with defineEnum/defineStruct/defineUnion. Struct members named "*x" are
  * optional (QAPI's spelling).
  */
-import { INT64_MAX, INT64_MIN, UINT64_MAX, toPlain, type QObject } from "./json.ts";
+import { INT64_MAX, INT64_MIN, toPlain, type QObject } from "./json.ts";
 import { QmpError, QmpSchemaError } from "./errors.ts";
 
 export const INT_TYPES = ["int", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "size"] as const;

@@ -21,6 +21,9 @@ import {
   KvmSregs,
 } from "../../ffi/kvm-abi.ts";
 import { PersistError } from "../persist/persist.ts";
+import type { VcpuFd } from "../kvm/vcpu.ts";
+import type { Vm } from "../kvm/vm.ts";
+import { restoreVcpuState } from "./vcpu-state.ts";
 
 export const CPU_SECTION_VERSION = 1;
 export const KVM_SECTION_VERSION = 1;
@@ -110,48 +113,63 @@ function checkVcpuState(name: string, v: unknown, xsaveSize: number): VcpuState 
   return s;
 }
 
-export interface RestoreOptions {
-  /** Wall time the guest was stopped, added to its TSC and kvmclock (0 for snapshots: time stands still). */
-  advanceNs: number;
-  /** Leave the vCPUs waiting on their go words (released by Machine.releaseRestored or the receiver). */
-  waitGo?: boolean;
+/** Every section a machine's state consists of, by name. */
+export function expectedSections(m: Machine): string[] {
+  return [...m.vcpus.map((_, i) => `cpu/${i}`), "kvm/irqchip", "kvm/pit", "kvm/clock", ...m.devices.map((d) => d.persistName)];
 }
 
-/**
- * Apply sections to a paused machine whose vCPUs exist but have not run. Every section is validated
- * before anything is applied; missing or unknown sections are refused.
- */
-export async function restoreMachineState(m: Machine, sections: StateSection[], opts: RestoreOptions): Promise<void> {
+/** The sections by name, refusing duplicates, missing and unknown ones. */
+export function sectionsByName(expected: string[], sections: StateSection[]): Map<string, StateSection> {
   const byName = new Map<string, StateSection>();
   for (const s of sections) {
     if (byName.has(s.name)) throw new PersistError(s.name, "section appears twice");
     byName.set(s.name, s);
   }
-  const expected = [...m.vcpus.map((_, i) => `cpu/${i}`), "kvm/irqchip", "kvm/pit", "kvm/clock", ...m.devices.map((d) => d.persistName)];
   for (const n of expected) if (!byName.has(n)) throw new PersistError(n, "missing from the migration stream");
   for (const n of byName.keys()) if (!expected.includes(n)) throw new PersistError(n, "is not a component of this machine");
-  const want = (n: string, version: number) => {
-    const s = byName.get(n)!;
-    if (s.version !== version) throw new PersistError(n, `version ${s.version} is not supported (expected ${version})`);
-    return s.data as Record<string, unknown>;
-  };
-  const cpus = m.vcpus.map((_, i) => checkVcpuState(`cpu/${i}`, want(`cpu/${i}`, CPU_SECTION_VERSION), m.xsaveSize));
-  const irq = want("kvm/irqchip", KVM_SECTION_VERSION);
+  return byName;
+}
+
+function want(byName: Map<string, StateSection>, n: string, version: number): Record<string, unknown> {
+  const s = byName.get(n)!;
+  if (s.version !== version) throw new PersistError(n, `version ${s.version} is not supported (expected ${version})`);
+  return s.data as Record<string, unknown>;
+}
+
+/** What KVM state is restored into: the VM and its vCPUs, by fd (any thread may use them). */
+export interface KvmTargets {
+  vm: Vm;
+  vcpus: VcpuFd[];
+  xsaveSize: number;
+}
+
+/**
+ * Validate, then load, the vCPU and KVM sections (cpu/N, irqchip, PIT, kvmclock). `advanceNs`: wall
+ * time the guest was stopped, added to its TSC and kvmclock (0 for snapshots: time stands still).
+ */
+export function restoreKvmState(t: KvmTargets, byName: Map<string, StateSection>, advanceNs: number): void {
+  const cpus = t.vcpus.map((_, i) => checkVcpuState(`cpu/${i}`, want(byName, `cpu/${i}`, CPU_SECTION_VERSION), t.xsaveSize));
+  const irq = want(byName, "kvm/irqchip", KVM_SECTION_VERSION);
   const chips = [irq.picMaster, irq.picSlave, irq.ioapic].map((c, i) => bytes("kvm/irqchip", c, ["picMaster", "picSlave", "ioapic"][i]!, KVM_IRQCHIP_SIZE));
-  const pit = bytes("kvm/pit", want("kvm/pit", KVM_SECTION_VERSION).pit, "pit", KVM_PIT_STATE2_SIZE);
-  const clock = want("kvm/clock", KVM_SECTION_VERSION);
+  const pit = bytes("kvm/pit", want(byName, "kvm/pit", KVM_SECTION_VERSION).pit, "pit", KVM_PIT_STATE2_SIZE);
+  const clock = want(byName, "kvm/clock", KVM_SECTION_VERSION);
   if (typeof clock.clock !== "string" || !/^\d{1,20}$/.test(clock.clock) || typeof clock.realtime !== "string" || !/^\d{1,20}$/.test(clock.realtime)) {
     throw new PersistError("kvm/clock", "bad clock values");
   }
-  await Promise.all(m.vcpus.map((v, i) => v.restore(cpus[i]!, opts.advanceNs, opts.waitGo ?? false)));
-  for (const c of chips) m.vm.setIrqchip(c);
-  m.vm.setPit2(pit);
+  t.vcpus.forEach((v, i) => restoreVcpuState(v, cpus[i]!, advanceNs));
+  for (const c of chips) t.vm.setIrqchip(c);
+  t.vm.setPit2(pit);
   // With KVM_CLOCK_REALTIME, KVM adds the wall time since `realtime` to the clock: the downtime.
-  if (opts.advanceNs > 0) m.vm.setClock(BigInt(clock.clock), KVM_CLOCK_REALTIME, BigInt(clock.realtime));
-  else m.vm.setClock(BigInt(clock.clock));
-  // Devices last: restoring one re-drives its interrupt line, which must meet the restored irqchip.
-  // Each validates its section before changing anything (a bad one fails this destination, which is
-  // then discarded; the source keeps running).
+  if (advanceNs > 0) t.vm.setClock(BigInt(clock.clock), KVM_CLOCK_REALTIME, BigInt(clock.realtime));
+  else t.vm.setClock(BigInt(clock.clock));
+}
+
+/**
+ * Devices last: restoring one re-drives its interrupt line, which must meet the restored irqchip.
+ * Each validates its section before changing anything (a bad one fails this destination, which is
+ * then discarded; the source keeps running).
+ */
+export function restoreDevices(m: Machine, byName: Map<string, StateSection>): void {
   for (const d of m.devices) {
     const s = byName.get(d.persistName)!;
     d.restore(s.data, s.version);

@@ -102,7 +102,8 @@ export class Machine {
   private readonly supportedCpuid: CpuidEntry[];
   /** Bytes of a vCPU's XSAVE area (KVM_CAP_XSAVE2; 4096 without AMX). */
   readonly xsaveSize: number;
-  private readonly msrIndexList: number[];
+  /** The MSRs KVM can save for a vCPU (KVM_GET_MSR_INDEX_LIST). */
+  readonly msrIndexList: number[];
 
   private constructor(
     readonly config: MachineConfig,
@@ -339,8 +340,8 @@ export class Machine {
   }
 
   /**
-   * The vCPUs were restored with waitGo and have been released by the migration receiver (or must be
-   * now): record that the guest runs (or stays paused) and announce it.
+   * The vCPUs were armed for a migration and have been released by the receiver (or must be now):
+   * record that the guest runs (or stays paused) and announce it.
    */
   releaseRestored(run: boolean): void {
     for (const v of this.vcpus) v.go(run);

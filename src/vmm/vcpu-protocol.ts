@@ -16,8 +16,8 @@
  *    across vCPUs (two CPUs taking turns under a lock to print lines get their bytes in that order),
  *    and the main thread drains it before serving any read and before reporting a pause, so a read
  *    always sees every write that happened before it.
- * While paused, the Worker is back in its event loop and takes postMessage commands (save, restore,
- * run), answering with messages.
+ * While paused, the Worker is back in its event loop and takes postMessage commands (save, run, arm,
+ * destroy), answering with messages.
  */
 import type { CpuidEntry } from "../kvm/kvm.ts";
 import type { BootCpuState } from "../arch/x86_64/regs.ts";
@@ -35,8 +35,8 @@ export const CTL_EXITS = 8;
 /** Set by the main thread before a pause: save the vCPU state on the way out and send it with "paused". */
 export const CTL_SAVE_ON_PARK = 9;
 /**
- * After a restore with `waitGo`, the Worker blocks until this word is GO_RUN (enter KVM_RUN at once: a
- * migration destination's switchover, with no hop through the main thread) or GO_STAY (park).
+ * An armed Worker (see "arm") blocks until this word is GO_RUN (enter KVM_RUN at once: a migration
+ * destination's switchover, with no hop through the main thread) or GO_STAY (park).
  */
 export const CTL_GO = 10;
 export const GO_WAIT = 0;
@@ -113,21 +113,17 @@ export type MainToVcpu =
   | VcpuInitMessage
   | { type: "run" }
   | { type: "save" }
-  /**
-   * `tscAdvanceNs`: move the guest TSC forward by this much wall time (the downtime of a live
-   * migration). `waitGo`: after answering "restored", block on CTL_GO (see there).
-   */
-  | { type: "restore"; state: VcpuState; tscAdvanceNs: number; waitGo?: boolean }
+  /** A migration destination: block on CTL_GO until the switchover (GO_RUN) or its failure (GO_STAY). */
+  | { type: "arm" }
   /** Close the vCPU fd and unmap kvm_run (only while paused); answered with "destroyed". */
   | { type: "destroy" };
 
 export type GuestStopReason = "triple-fault" | "internal-error" | "fail-entry" | "system-shutdown" | "system-reset" | "system-crash" | "unexpected-exit";
 
 export type VcpuToMain =
-  | { type: "ready"; id: number; tid: number; runAddr: number }
+  | { type: "ready"; id: number; tid: number; runAddr: number; vcpuFd: number }
   | { type: "paused"; id: number; state?: VcpuState }
   | { type: "state"; id: number; state: VcpuState }
-  | { type: "restored"; id: number }
   | { type: "destroyed"; id: number }
   | { type: "stopped"; id: number; reason: GuestStopReason; detail: string; dump: string }
   | { type: "error"; id: number; message: string };

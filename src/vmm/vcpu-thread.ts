@@ -52,6 +52,8 @@ export class VcpuThread implements RequestSlot {
   readonly data = new Uint8Array(this.sab, CTL_DATA_OFFSET, CTL_DATA_SIZE);
   /** The Worker's kernel thread id (for query-cpus-fast), once started. */
   tid = 0;
+  /** The vCPU's fd (its state ioctls may come from other threads, e.g. a migration receiver). */
+  vcpuFd = -1;
   private immediateExit: Uint8Array | undefined;
   private waiters: Waiter[] = [];
   /** True between run() and the Worker reporting it parked (or stopped). */
@@ -82,6 +84,7 @@ export class VcpuThread implements RequestSlot {
     this.post({ type: "init", id: this.id, ctl: this.sab, queue: this.server.sab, ...init });
     const m = (await ready) as Extract<VcpuToMain, { type: "ready" }>;
     this.tid = m.tid;
+    this.vcpuFd = m.vcpuFd;
     this.immediateExit = new Uint8Array(toArrayBuffer(m.runAddr as never, 0, KvmRun.fields.immediate_exit.offset + 1));
     this.server.addSlot(this);
   }
@@ -129,28 +132,25 @@ export class VcpuThread implements RequestSlot {
   }
 
   /**
-   * Load a saved state into the (paused) vCPU. With `waitGo` the Worker then blocks on the go word:
-   * see go() and vcpu-protocol.ts CTL_GO.
+   * A migration destination: the Worker blocks on its go word (no messages until released) while
+   * the receiver loads the vCPU's state through its fd, and starts running the moment the go word
+   * says so. See go().
    */
-  async restore(state: VcpuState, tscAdvanceNs = 0, waitGo = false): Promise<void> {
-    if (this.running) throw new VcpuError(this.id, "restore while running");
-    const p = this.waitFor("restored");
-    if (waitGo) {
-      Atomics.store(this.ctl, CTL_GO, GO_WAIT);
-      Atomics.store(this.ctl, CTL_WANT, WANT_RUN);
-    }
-    this.post({ type: "restore", state, tscAdvanceNs, waitGo });
-    await p;
+  arm(): void {
+    if (this.running) throw new VcpuError(this.id, "arm while running");
+    Atomics.store(this.ctl, CTL_GO, GO_WAIT);
+    Atomics.store(this.ctl, CTL_WANT, WANT_RUN);
+    this.post({ type: "arm" });
   }
 
-  /** The go word for a restore with waitGo; another thread (the migration receiver) may set it. */
+  /** The go word of an armed vCPU; another thread (the migration receiver) may set it. */
   get goWord(): { sab: SharedArrayBuffer; index: number } {
     return { sab: this.sab, index: CTL_GO };
   }
 
   /**
-   * Release a vCPU waiting after restore(..., waitGo): run it, or leave it parked. The migration
-   * receiver normally sets GO_RUN itself on COMMIT; this records that the vCPU runs (or not).
+   * Release an armed vCPU: run it, or leave it parked. The migration receiver normally sets GO_RUN
+   * itself on COMMIT; this records that the vCPU runs (or not).
    */
   go(run: boolean): void {
     const was = Atomics.compareExchange(this.ctl, CTL_GO, GO_WAIT, run ? GO_RUN : GO_STAY);

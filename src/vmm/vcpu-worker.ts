@@ -9,8 +9,9 @@ import { EINTR, EAGAIN } from "../../ffi/errno.ts";
 import { gettid } from "../../ffi/libc.ts";
 import { trace } from "../util/trace.ts";
 import { Vcpu, readSegment } from "../kvm/vcpu.ts";
+import { probeSavableMsrs, saveVcpuState } from "./vcpu-state.ts";
 import { KVM_CPUID_TIMING } from "../arch/x86_64/cpuid.ts";
-import { applyBootRegs, applyBootSregs, FPU_FCW_DEFAULT, FPU_MXCSR_DEFAULT, setLapicLints, Msr, type BootCpuState } from "../arch/x86_64/regs.ts";
+import { applyBootRegs, applyBootSregs, FPU_FCW_DEFAULT, FPU_MXCSR_DEFAULT, setLapicLints, type BootCpuState } from "../arch/x86_64/regs.ts";
 import {
   CTL_ADDR_HI,
   CTL_ADDR_LO,
@@ -271,62 +272,9 @@ function applyBoot(boot: BootCpuState | undefined, msrs: [number, string][]): vo
   }
 }
 
-/** The MSRs in KVM's save list that this vCPU can actually read, in order (TSC_DEADLINE last: it must follow the LAPIC). */
-function probeMsrs(): number[] {
-  const ok: number[] = [];
-  let rest = init.msrIndexList.filter((m) => m !== Msr.IA32_TSC_DEADLINE);
-  while (rest.length > 0) {
-    const got = vcpu.getMsrs(rest).length;
-    ok.push(...rest.slice(0, got));
-    rest = rest.slice(got + 1); // skip the one KVM could not read
-  }
-  return ok;
-}
-
 function saveState(): VcpuState {
-  savableMsrs ??= probeMsrs();
-  const values = vcpu.getMsrs(savableMsrs);
-  const msrs: [number, string][] = savableMsrs.map((m, i) => [m, (values[i] ?? 0n).toString()]);
-  const deadline = vcpu.getMsrs([Msr.IA32_TSC_DEADLINE]);
-  if (deadline.length === 1) msrs.push([Msr.IA32_TSC_DEADLINE, deadline[0]!.toString()]);
-  return {
-    id: vcpu.id,
-    regs: vcpu.getRegs().bytes,
-    sregs: vcpu.getSregs().bytes,
-    xsave: vcpu.getXsave(init.xsaveSize),
-    xcrs: vcpu.getXcrs(),
-    lapic: vcpu.getLapic(),
-    events: vcpu.getVcpuEvents(),
-    debugRegs: vcpu.getDebugRegs(),
-    mpState: vcpu.getMpState(),
-    msrs,
-  };
-}
-
-/** Restore in the order QEMU uses: the TSC deadline only after the LAPIC it arms. */
-function restoreState(st: VcpuState, tscAdvanceNs: number): void {
-  const regs = vcpu.getRegs();
-  regs.bytes.set(st.regs);
-  vcpu.setRegs(regs);
-  vcpu.setXsave(st.xsave);
-  vcpu.setXcrs(st.xcrs);
-  const sregs = vcpu.getSregs();
-  sregs.bytes.set(st.sregs);
-  vcpu.setSregs(sregs);
-  const msrs = st.msrs.map(([i, v]) => [i, BigInt(v)] as [number, bigint]);
-  if (tscAdvanceNs > 0) {
-    // The guest should see the wall time that passed while it was stopped, as KVM's documented TSC
-    // migration procedure does; its TSC runs at the rate the timing leaf announced.
-    const khz = BigInt(vcpu.getTscKhz());
-    for (const m of msrs) if (m[0] === Msr.IA32_TSC) m[1] += (BigInt(Math.round(tscAdvanceNs)) * khz) / 1_000_000n;
-  }
-  vcpu.setMsrs(msrs.filter(([i]) => i !== Msr.IA32_TSC_DEADLINE));
-  vcpu.setMpState(st.mpState);
-  vcpu.setLapic(st.lapic);
-  const deadline = msrs.filter(([i]) => i === Msr.IA32_TSC_DEADLINE);
-  if (deadline.length > 0) vcpu.setMsrs(deadline);
-  vcpu.setVcpuEvents(st.events);
-  vcpu.setDebugRegs(st.debugRegs);
+  savableMsrs ??= probeSavableMsrs(vcpu, init.msrIndexList);
+  return saveVcpuState(vcpu, init.xsaveSize, savableMsrs);
 }
 
 self.onmessage = (ev: MessageEvent<MainToVcpu>) => {
@@ -343,7 +291,7 @@ self.onmessage = (ev: MessageEvent<MainToVcpu>) => {
         const tscKhz = vcpu.getTscKhz();
         vcpu.setCpuid(msg.cpuid.map((e) => (e.function === KVM_CPUID_TIMING ? { ...e, eax: tscKhz } : e)));
         applyBoot(msg.boot, msg.bootMsrs);
-        send({ type: "ready", id: msg.id, tid: gettid(), runAddr: vcpu.runAddr });
+        send({ type: "ready", id: msg.id, tid: gettid(), runAddr: vcpu.runAddr, vcpuFd: vcpu.fd });
         // Probe the savable MSRs and run the save path once now, while nothing waits for this vCPU:
         // a first save later would happen inside a migration's downtime, on cold code.
         saveState();
@@ -355,16 +303,14 @@ self.onmessage = (ev: MessageEvent<MainToVcpu>) => {
       case "save":
         send({ type: "state", id: vcpu.id, state: saveState() });
         break;
-      case "restore":
-        restoreState(msg.state, msg.tscAdvanceNs);
-        send({ type: "restored", id: vcpu.id });
-        if (msg.waitGo) {
-          while (Atomics.load(ctl, CTL_GO) === GO_WAIT) Atomics.wait(ctl, CTL_GO, GO_WAIT);
-          if (Atomics.load(ctl, CTL_GO) === GO_RUN) {
-            trace(`vcpu${vcpu.id}.go`);
-            runLoop();
-          }
-          else send({ type: "paused", id: vcpu.id });
+      case "arm":
+        // Another thread (the migration receiver) loads this vCPU's state meanwhile, then lets it go.
+        while (Atomics.load(ctl, CTL_GO) === GO_WAIT) Atomics.wait(ctl, CTL_GO, GO_WAIT);
+        if (Atomics.load(ctl, CTL_GO) === GO_RUN) {
+          trace(`vcpu${vcpu.id}.go`);
+          runLoop();
+        } else {
+          send({ type: "paused", id: vcpu.id });
         }
         break;
       case "destroy":
