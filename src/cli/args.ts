@@ -200,6 +200,7 @@ class Builder {
     const bootIndexes = new Map<number, string>();
     const rootPorts = new Set(this.devices.filter((d) => d.driver === "pcie-root-port").map((d) => d.id));
     const label = (d: DeviceConfig) => (d.id ? `${d.driver} '${d.id}'` : d.driver);
+    this.assignPciSlots(label);
 
     for (const d of this.devices) {
       const isPci = d.driver.endsWith("-pci") || d.driver === "pcie-root-port";
@@ -258,6 +259,26 @@ class Builder {
     this.checkPciAddresses(label);
     this.assignMacs();
     return this.devices;
+  }
+
+  /**
+   * Devices given without addr= take the first free slot of their bus, in command-line order, after
+   * the explicitly placed ones: from slot 1 on pcie.0 (slot 0 is the host bridge's unless a device
+   * asks for it), slot 0 behind a root port. Deterministic, so both ends of a migration agree.
+   */
+  private assignPciSlots(label: (d: DeviceConfig) => string): void {
+    const used = new Set<string>();
+    for (const d of this.devices) if (d.pci && d.pci.slot !== AUTO_SLOT) used.add(`${d.pci.bus}/${d.pci.slot}`);
+    for (const d of this.devices) {
+      if (!d.pci || d.pci.slot !== AUTO_SLOT) continue;
+      const first = d.pci.bus === PCIE_ROOT_BUS ? 1 : 0;
+      const last = d.pci.bus === PCIE_ROOT_BUS ? 31 : 0;
+      let slot = first;
+      while (slot <= last && used.has(`${d.pci.bus}/${slot}`)) slot++;
+      if (slot > last) throw new UsageError("-device", `${label(d)}: no free PCI slot left on bus '${d.pci.bus}'; give addr=`);
+      used.add(`${d.pci.bus}/${slot}`);
+      d.pci.slot = slot;
+    }
   }
 
   private checkPciAddresses(label: (d: DeviceConfig) => string): void {
@@ -623,6 +644,8 @@ function parseNetdev(b: Builder, v: string): void {
 }
 
 const PCI_KEYS = ["bus", "addr", "multifunction"];
+/** A PCI device given without addr=: its slot is assigned in finish(). */
+const AUTO_SLOT = -1;
 const DEVICE_KEYS: Record<DeviceDriver, readonly string[]> = {
   "virtio-blk-pci": ["id", "drive", ...PCI_KEYS, "serial", "num-queues", "bootindex", "queue-size"],
   "virtio-blk-device": ["id", "drive", ...PCI_KEYS, "serial", "num-queues", "bootindex", "queue-size"],
@@ -649,7 +672,9 @@ function pciAddress(o: Options, driver: string): PciAddress | null {
     }
     return null;
   }
-  const addrText = o.need("addr", `the PCI slot[.function] of the ${driver}, e.g. addr=0x3`);
+  const addrText = o.str("addr");
+  // No addr: the first free slot is picked once every device is known (assignPciSlots), as QEMU does.
+  if (addrText === null) return { bus: o.str("bus") ?? PCIE_ROOT_BUS, slot: AUTO_SLOT, function: 0, multifunction: o.bool("multifunction", false) };
   const df = parsePciSlotFunction(addrText);
   if (!df) {
     throw new UsageError(o.flag, `invalid PCI addr '${addrText}' (expected SLOT or SLOT.FUNCTION, slot 0..31, function 0..7, e.g. 0x3 or 0x3.0x1)`);

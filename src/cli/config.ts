@@ -14,7 +14,10 @@ export type MachineType = "microvm" | "q35";
 export interface MachineConfig {
   /** microvm: virtio-mmio devices, no PCI/ACPI. q35: PCIe root bus `pcie.0`, virtio-pci, ACPI. */
   type: MachineType;
-  /** `mem-share=on`: map guest RAM MAP_SHARED (default off). */
+  /**
+   * `mem-share=on|off` (StratoVirt's; for vhost-user backends). kiln's guest RAM is always a shared
+   * memfd mapping, so both values give the same machine; the flag is accepted for compatibility.
+   */
   memShare: boolean;
   /** `dump-guest-core=off`: MADV_DONTDUMP guest RAM (default on). */
   dumpGuestCore: boolean;

@@ -141,6 +141,7 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
         kernel: cfg.boot.kernel,
         cmdline: cfg.boot.append,
         initrd: cfg.boot.initrd ?? undefined,
+        dumpGuestCore: cfg.machine.dumpGuestCore,
         devices: cfg.devices,
         drives: cfg.drives,
         netdevs: cfg.netdevs,

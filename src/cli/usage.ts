@@ -3,13 +3,13 @@
  * (test/unit/cli-usage.test.ts checks that every flag the parser knows is documented here).
  */
 export const VM_USAGE = `Usage: kiln [OPTIONS]                      start a VM (StratoVirt's single-dash flags; --flag works too)
-       kiln qmp SOCKET COMMAND            send one QMP command to a running kiln
+       kiln qmp SOCKET [COMMAND [JSON-ARGS]] [--events]  send one QMP command to a running kiln (or stream its events)
 Values always follow their flag as the next argument (-m 512M, not -m=512M). Option strings are
 key=value lists separated by ','; write ',,' for a literal comma. Booleans: on|off (also true|false, yes|no).
 Single-valued flags may repeat: the last one wins. Numbers are decimal unless written 0x...
 
 Machine:
-  -machine [type=]microvm|q35[,mem-share=on|off][,dump-guest-core=on|off][,accel=kvm]  machine type (default microvm: virtio-mmio, no PCI/ACPI; q35: PCIe bus pcie.0, virtio-pci, ACPI)
+  -machine [type=]microvm|q35[,mem-share=on|off][,dump-guest-core=on|off][,accel=kvm]  machine type (default microvm: virtio-mmio, legacy devices, ACPI, no PCI; q35: PCIe bus pcie.0, virtio-pci, ACPI)
   -accel kvm                                  accelerator; only kvm
   -enable-kvm                                 same as -accel kvm (QEMU's spelling)
   -cpu host                                   CPU model; only host (the guest sees the host CPU)
@@ -26,9 +26,9 @@ Boot:
 Block and network:
   -drive file=PATH,id=ID[,if=none][,format=raw][,readonly=on|off][,direct=on|off][,aio=native|io_uring|threads|off][,throttling.iops-total=N][,serial=S]  raw disk image backend (direct defaults to on, as StratoVirt)
   -netdev tap,id=ID,ifname=TAP|fd=N[,queues=N][,vhost=off][,script=no][,downscript=no]  tap backend (1..16 queue pairs; vhost=on is not supported)
-  -device virtio-blk-pci,drive=ID,addr=SLOT[.FN][,id=ID][,bus=pcie.0|ROOTPORT][,multifunction=on|off][,serial=S][,num-queues=N][,queue-size=N][,bootindex=N]  virtio disk on q35
+  -device virtio-blk-pci,drive=ID[,addr=SLOT[.FN]][,id=ID][,bus=pcie.0|ROOTPORT][,multifunction=on|off][,serial=S][,num-queues=N][,queue-size=N][,bootindex=N]  virtio disk on q35
   -device virtio-blk-device,drive=ID[,id=ID][,serial=S][,num-queues=N][,queue-size=N][,bootindex=N]  virtio-mmio disk on microvm
-  -device virtio-net-pci,netdev=ID,addr=SLOT[.FN][,id=ID][,bus=pcie.0|ROOTPORT][,multifunction=on|off][,mac=MAC][,mq=on|off][,queue-size=N]  virtio NIC on q35 (default MACs 52:54:00:12:34:56, :57, ...)
+  -device virtio-net-pci,netdev=ID[,addr=SLOT[.FN]][,id=ID][,bus=pcie.0|ROOTPORT][,multifunction=on|off][,mac=MAC][,mq=on|off][,queue-size=N]  virtio NIC on q35 (default MACs 52:54:00:12:34:56, :57, ...; without addr, the first free slot)
   -device virtio-net-device,netdev=ID[,id=ID][,mac=MAC][,mq=on|off][,queue-size=N]  virtio-mmio NIC on microvm
   -device pcie-root-port,id=ID,addr=SLOT[.FN][,bus=pcie.0][,port=N][,chassis=N][,multifunction=on|off]  PCIe root port on q35; devices behind it use bus=ID,addr=0x0
 

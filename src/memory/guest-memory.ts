@@ -7,7 +7,7 @@
  * JavaScript views (toArrayBuffer) are limited to 4 GiB, so the mapping is seen through 1 GiB windows;
  * `view()` returns a zero-copy Uint8Array within one window, `read`/`write` copy across windows.
  */
-import { ftruncate, madvise, memfdCreate, mmap, munmap, close, MADV_REMOVE, MAP_FIXED, MAP_NORESERVE, MAP_SHARED, PROT_READ, PROT_WRITE, toArrayBuffer } from "../../ffi/libc.ts";
+import { ftruncate, madvise, memfdCreate, mmap, munmap, close, MADV_DONTDUMP, MADV_REMOVE, MAP_FIXED, MAP_NORESERVE, MAP_SHARED, PROT_READ, PROT_WRITE, toArrayBuffer } from "../../ffi/libc.ts";
 import { GuestMemoryError, type GuestMemoryAccess, type RamRegion } from "./types.ts";
 
 export const WINDOW_SHIFT = 30;
@@ -193,6 +193,11 @@ export class GuestMemory implements GuestMemoryAccess {
     const old = this.desc.fd;
     this.desc.fd = fd;
     close(old);
+  }
+
+  /** Keep guest RAM out of core dumps of the kiln process (it can be large and may be sensitive). */
+  excludeFromCoreDumps(): void {
+    madvise(this.desc.hostAddr, this.desc.size, MADV_DONTDUMP);
   }
 
   /** Another thread adopted `fd` for this same mapping (see adopt()): record it here too. */

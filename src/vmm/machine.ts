@@ -39,6 +39,8 @@ export interface MachineConfig {
   kernel: string;
   cmdline: string;
   initrd?: string;
+  /** false: keep guest RAM out of kiln's core dumps (MADV_DONTDUMP), -machine dump-guest-core=off. */
+  dumpGuestCore?: boolean;
   /** -device / -drive / -netdev as parsed (virtio devices; see virtio-devices.ts). */
   devices?: DeviceConfig[];
   drives?: DriveConfig[];
@@ -139,6 +141,7 @@ export class Machine {
     const kernel = await readInput(config.kernel, "-kernel");
     const initrd = config.initrd !== undefined ? await readInput(config.initrd, "-initrd") : undefined;
     const memory = GuestMemory.create(L.ramRegions(config.memSize));
+    if (config.dumpGuestCore === false) memory.excludeFromCoreDumps();
     const m = new Machine(config, kvm, memory, kernel, initrd, hooks);
     try {
       m.spawnVcpus();
@@ -320,13 +323,19 @@ export class Machine {
     for (const r of this.memory.regions) this.vm.setUserMemoryRegion(r.slot, 0, r.gpa, r.size, this.memory.hostAddr + r.offset);
   }
 
-  /**
-   * Reset the machine as a power cycle would: a new KVM VM (so vCPUs, irqchip and PIT start from
-   * KVM's reset state) over the same RAM, zeroed and reloaded with the kernel; devices reset. Runs
-   * again afterwards if it was running.
-   */
+  /** Reset the machine as a power cycle would (see rebuild); it runs again afterwards if it was running. */
   async reset(): Promise<void> {
     const wasRunning = this.state === "running" || this.stopped?.kind === "reset";
+    await this.rebuild(true);
+    if (wasRunning) this.resume();
+    else this.state = "paused";
+  }
+
+  /**
+   * A power cycle under the same RAM: the vCPUs released, a fresh KVM VM (vCPUs, irqchip and PIT
+   * from KVM's reset state), RAM discarded, devices reset, and with `boot` the kernel loaded again.
+   */
+  private async rebuild(boot: boolean): Promise<void> {
     await this.pause();
     await this.destroyVcpus();
     this.vm.close();
@@ -334,9 +343,7 @@ export class Machine {
     for (const d of this.devices) d.reset();
     this.stopped = undefined;
     this.buildVm();
-    await this.startVcpus(this.loadGuest());
-    if (wasRunning) this.resume();
-    else this.state = "paused";
+    await this.startVcpus(boot ? this.loadGuest() : undefined);
   }
 
   /**
@@ -361,16 +368,10 @@ export class Machine {
    * same-host upgrade back): fresh VM and vCPUs, RAM discarded, nothing loaded; state "inmigrate".
    */
   async prepareIncoming(): Promise<void> {
-    await this.pause();
-    await this.destroyVcpus();
-    this.vm.close();
-    this.memory.discard();
-    for (const d of this.devices) d.reset();
-    this.stopped = undefined;
-    this.buildVm();
-    await this.startVcpus(undefined);
+    await this.rebuild(false);
     this.state = "inmigrate";
   }
+
 
   onStop(cb: (e: StopEvent) => void): void {
     this.stopListeners.push(cb);

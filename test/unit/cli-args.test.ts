@@ -464,11 +464,11 @@ describe("-device", () => {
 
   test("bad options", () => {
     const bad = (...v: string[]) => msg(...Q35, ...DRIVE, ...NET, ...v.flatMap((x) => ["-device", x]));
+    // No addr= is fine: the first free slot is taken (see "PCI devices without addr").
     expect(bad("virtio-rng-pci,addr=3")).toBe(
       "-device: unknown device 'virtio-rng-pci' (supported: virtio-blk-pci, virtio-blk-device, virtio-net-pci, virtio-net-device, pcie-root-port)",
     );
     expect(bad("")).toBe("-device: empty value (expected DRIVER,key=value,...)");
-    expect(bad("virtio-blk-pci,drive=d0")).toBe("-device: missing 'addr' (the PCI slot[.function] of the virtio-blk-pci, e.g. addr=0x3)");
     expect(bad("virtio-blk-pci,addr=3")).toBe("-device: missing 'drive' (drive=ID of a -drive)");
     expect(bad("virtio-net-pci,addr=3")).toBe("-device: missing 'netdev' (netdev=ID of a -netdev)");
     expect(bad("virtio-blk-pci,drive=d0,addr=0x20")).toBe(
@@ -848,3 +848,19 @@ describe("JSON round trip", () => {
     expect(parseVmArgs(argv)).toEqual(parseVmArgs(argv));
   });
 });
+
+describe("PCI devices without addr", () => {
+  test("take the first free slot of their bus, after the explicit ones, in command-line order", () => {
+    const cfg = parseVmArgs([
+      "-machine", "q35", "-kernel", "vmlinux",
+      "-drive", "file=a.img,id=d0", "-drive", "file=b.img,id=d1",
+      "-netdev", "tap,id=n0,ifname=tap0",
+      "-device", "virtio-net-pci,netdev=n0,id=net0,mac=52:54:00:12:34:56",
+      "-device", "virtio-blk-pci,drive=d0,addr=0x1",
+      "-device", "virtio-blk-pci,drive=d1",
+    ]);
+    const slots = Object.fromEntries(cfg.devices.map((d) => [d.id ?? d.driver + ("drive" in d ? d.drive : ""), d.pci?.slot]));
+    expect(slots).toEqual({ net0: 2, "virtio-blk-pcid0": 1, "virtio-blk-pcid1": 3 });
+  });
+});
+
