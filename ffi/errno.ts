@@ -33,6 +33,7 @@ const NAMES: Record<number, [string, string]> = {
   110: ["ETIMEDOUT", "Connection timed out"],
   111: ["ECONNREFUSED", "Connection refused"],
   115: ["EINPROGRESS", "Operation now in progress"],
+  125: ["ECANCELED", "Operation canceled"],
 };
 
 export const EINTR = 4;

@@ -15,6 +15,7 @@ const lib = dlopen("libc.so.6", {
   shutdown: { args: ["i32", "i32"], returns: "i32" },
   setsockopt: { args: ["i32", "i32", "i32", "ptr", "u32"], returns: "i32" },
   getsockname: { args: ["i32", "ptr", "ptr"], returns: "i32" },
+  getsockopt: { args: ["i32", "i32", "i32", "ptr", "ptr"], returns: "i32" },
   poll: { args: ["ptr", "u64", "i32"], returns: "i32" },
   pipe2: { args: ["ptr", "i32"], returns: "i32" },
   lseek: { args: ["i32", "i64", "i32"], returns: FFIType.i64_fast },
@@ -27,6 +28,17 @@ export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const SOCK_STREAM = 1;
 export const SOCK_CLOEXEC = 0o2000000;
+export const SOCK_NONBLOCK = 0o4000;
+const O_NONBLOCK_ = 0o4000;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const SO_ERROR = 4;
+const EINPROGRESS = 115;
+const EAGAIN_ = 11;
+const EINTR_ = 4;
+const ETIMEDOUT = 110;
+const ECANCELED = 125;
+const fcntlLib = dlopen("libc.so.6", { fcntl: { args: ["i32", "i32", "u64"], returns: "i32" } });
 export const SOL_SOCKET = 1;
 export const SO_REUSEADDR = 2;
 export const SO_SNDBUF = 7;
@@ -99,16 +111,42 @@ function setIntOpt(fd: number, level: number, opt: number, v: number): void {
 }
 
 /** A connected, blocking stream socket. */
-export function connectTo(a: SockAddr): number {
-  const fd = check("socket", c.socket(domainOf(a), SOCK_STREAM | SOCK_CLOEXEC, 0));
+/**
+ * A connected, blocking stream socket. The connect itself does not block (a TCP peer that never
+ * answers would hold it for minutes): it polls in short slices, giving up when `cancelled()` says so
+ * or after `timeoutMs`.
+ */
+export function connectTo(a: SockAddr, cancelled: () => boolean = () => false, timeoutMs = 30_000): number {
+  const fd = check("socket", c.socket(domainOf(a), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  const fail = (e: number) => {
+    closeFd(fd);
+    return new SysError(`connect(${describe(a)})`, e);
+  };
   const sa = sockaddr(a);
   if (c.connect(fd, sa, sa.byteLength) < 0) {
     const e = errno();
-    closeFd(fd);
-    throw new SysError(`connect(${describe(a)})`, e);
+    if (e !== EINPROGRESS && e !== EAGAIN_) throw fail(e);
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      if (cancelled()) throw fail(ECANCELED);
+      const r = pollFd(fd, POLLOUT, 100);
+      if (r > 0) break;
+      if (r < 0 && r !== -EINTR_) throw fail(-r);
+      if (performance.now() > deadline) throw fail(ETIMEDOUT);
+    }
+    const err = new Int32Array(1);
+    const len = new Uint32Array([4]);
+    c.getsockopt(fd, SOL_SOCKET, SO_ERROR, err, len);
+    if (err[0] !== 0) throw fail(err[0]!);
   }
+  setBlocking(fd);
   if (a.family !== "unix") setIntOpt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
   return fd;
+}
+
+function setBlocking(fd: number): void {
+  const flags = fcntlLib.symbols.fcntl(fd, F_GETFL, 0);
+  fcntlLib.symbols.fcntl(fd, F_SETFL, flags & ~O_NONBLOCK_);
 }
 
 /** A listening, blocking stream socket (unix sockets get mode 0600 before anyone can connect). */

@@ -12,7 +12,7 @@ import { Vm } from "../kvm/vm.ts";
 import { open, O_WRONLY, O_CREAT, O_TRUNC, close as closeFdLibc } from "../../ffi/libc.ts";
 import { connectTo, lseekRaw, pollFd, sendWithFd, SEEK_DATA, SEEK_HOLE, POLLIN, tuneStream } from "../../ffi/socket.ts";
 import { IovecList, readExact, writeAll, writevAll, TransportError } from "./fdio.ts";
-import { SCTL_CANCEL, SCTL_SLEEP, type SendCommand, type SendReply, type SendStats, type SendTarget } from "./worker-protocol.ts";
+import { SCTL_CANCEL, type SendCommand, type SendReply, type SendStats, type SendTarget } from "./worker-protocol.ts";
 import {
   LIMITS,
   PAGE_SIZE,
@@ -139,7 +139,8 @@ class RamWriter {
     if (maxBandwidth <= 0) return;
     const due = (this.stats.bytes / maxBandwidth) * 1000;
     const elapsed = performance.now() - this.t0;
-    if (due > elapsed) Atomics.wait(ctl, SCTL_SLEEP, 0, due - elapsed);
+    // Sleeping on the cancel word itself: a cancel that came before this wait must not be missed.
+    if (due > elapsed) Atomics.wait(ctl, SCTL_CANCEL, 0, due - elapsed);
   }
 
   finish(): SendStats {
@@ -222,7 +223,7 @@ function openTarget(t: SendTarget): number {
   switch (t.kind) {
     case "socket":
       try {
-        const s = connectTo(t.addr);
+        const s = connectTo(t.addr, () => Atomics.load(ctl, SCTL_CANCEL) !== 0);
         tuneStream(s, 4 << 20);
         return s;
       } catch (e) {

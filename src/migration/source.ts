@@ -16,7 +16,7 @@ import { guestConfig, saveMachineState } from "../vmm/machine-state.ts";
 import type { VcpuState } from "../vmm/vcpu-protocol.ts";
 import { shutdownFd, pipe, closeFd } from "../../ffi/socket.ts";
 import { WorkerChannel } from "./channel.ts";
-import { SCTL_CANCEL, SCTL_SLEEP, SCTL_WORDS, type SendCommand, type SendReply, type SendStats, type SendTarget } from "./worker-protocol.ts";
+import { SCTL_CANCEL, SCTL_WORDS, type SendCommand, type SendReply, type SendStats, type SendTarget } from "./worker-protocol.ts";
 import { describeUri, resolveSockAddr, type MigrationUri } from "./uri.ts";
 import { encodeHeader, encodeState, FLAG_RETURN_PATH, FLAG_SNAPSHOT, jsonRecord, record, Rec, PAGE_SIZE } from "./wire.ts";
 import type { MigrationParameters } from "./params.ts";
@@ -110,7 +110,7 @@ export class MigrationSource {
     this.cancelRequested = true;
     this.setStatus("cancelling");
     Atomics.store(this.ctl, SCTL_CANCEL, 1);
-    Atomics.notify(this.ctl, SCTL_SLEEP);
+    Atomics.notify(this.ctl, SCTL_CANCEL);
     if (this.fd >= 0) shutdownFd(this.fd);
     this.child?.kill("SIGKILL");
   }
@@ -177,6 +177,9 @@ export class MigrationSource {
       this.check();
       const opened = (await this.cmd({ type: "open", target })) as Extract<SendReply, { type: "opened" }>;
       this.fd = opened.fd;
+      // A cancel that came while connecting found no descriptor to shut down: do it now.
+      if (this.cancelRequested) shutdownFd(this.fd);
+      this.check();
       const flags = (returnPath ? FLAG_RETURN_PATH : 0) | (snapshot ? FLAG_SNAPSHOT : 0);
       const header = new Uint8Array([...encodeHeader(flags), ...jsonRecord(Rec.CONFIG, guestConfig(m))]);
       await this.cmd({ type: "write", bytes: header });

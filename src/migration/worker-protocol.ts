@@ -45,8 +45,8 @@ export type SendReply =
   | { type: "error"; message: string; cancelled: boolean };
 
 /** Control words shared with the main thread. */
+/** Set (and notified) by migrate_cancel; the Worker's bandwidth throttle sleeps on this word too. */
 export const SCTL_CANCEL = 0;
-export const SCTL_SLEEP = 1;
 export const SCTL_WORDS = 4;
 
 export type RecvSource = { kind: "listen"; addr: SockAddr; display: string } | { kind: "file"; path: string } | { kind: "fd"; fd: number; display: string };
