@@ -228,7 +228,6 @@ function openBlk(d: VirtioBlkDeviceConfig, setup: VirtioSetup): Planned {
   const drive = setup.drives.find((x) => x.id === d.drive);
   if (!drive) throw new VirtioConfigError(`${label(d)}: no -drive with id '${d.drive}'`);
   const what = `-drive id=${drive.id}`;
-  if (drive.iopsTotal !== null) setup.log("warn", `${what}: throttling.iops-total is not implemented yet; the drive is not throttled`);
   let image: RawImage;
   try {
     image = RawImage.open({
@@ -243,7 +242,14 @@ function openBlk(d: VirtioBlkDeviceConfig, setup: VirtioSetup): Planned {
     if (e instanceof BlockError) throw new VirtioConfigError(e.message);
     throw e;
   }
-  const device = new VirtioBlk({ image, readOnly: drive.readOnly, serial: d.serial ?? drive.serial, numQueues: d.numQueues, queueSize: d.queueSize });
+  const device = new VirtioBlk({
+    image,
+    readOnly: drive.readOnly,
+    serial: d.serial ?? drive.serial,
+    numQueues: d.numQueues,
+    queueSize: d.queueSize,
+    iopsTotal: drive.iopsTotal,
+  });
   return { config: d, device, image };
 }
 

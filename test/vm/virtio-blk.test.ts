@@ -286,3 +286,30 @@ test("a guest reboot rebuilds the KVM VM: the devices reset and work again (door
     }
   });
 });
+
+test("-drive throttling.iops-total holds the guest's disk to that many requests per second", async () => {
+  await withDir(async (dir) => {
+    const disk = image(dir, "slow.img", 8 << 20);
+    const run = async (throttle: string) => {
+      const k = await bootGuest({
+        mem: "256M",
+        append: "vblk vblk-bench=randread vblk-reqs=600 vblk-qd=8",
+        extra: ["-drive", `file=${disk},id=d0,direct=off${throttle}`, "-device", "virtio-blk-device,drive=d0"],
+      });
+      try {
+        const f = await fields(k, "VBLK-BENCH");
+        expect(Number(f.errors)).toBe(0);
+        expect(Number(f.reqs)).toBe(600);
+        return Number(f.us) / 1e6;
+      } finally {
+        await stop(k);
+      }
+    };
+    const free = await run("");
+    // 600 requests at 300/s: the first burst (30) is free, the rest takes at least 570/300 = 1.9 s.
+    const limited = await run(",throttling.iops-total=300");
+    expect(limited).toBeGreaterThanOrEqual(1.8);
+    expect(limited).toBeLessThan(6);
+    expect(free).toBeLessThan(limited / 4);
+  });
+}, 60_000);

@@ -81,6 +81,49 @@ export interface VirtioBlkOptions {
   serial: string | null;
   numQueues: number;
   queueSize: number;
+  /** -drive throttling.iops-total: requests per second across all queues; null for no limit. */
+  iopsTotal?: number | null;
+}
+
+/**
+ * A token bucket for throttling.iops-total: `rate` requests per second, bursts of up to a tenth of a
+ * second's worth (at least one).
+ */
+export class IopsLimiter {
+  private tokens: number;
+  private last: number;
+  private readonly burst: number;
+
+  constructor(
+    private readonly rate: number,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.burst = Math.max(1, rate / 10);
+    this.tokens = this.burst;
+    this.last = this.now();
+  }
+
+  private refill(): void {
+    const t = this.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((t - this.last) * this.rate) / 1000);
+    this.last = t;
+  }
+
+  /** Whether a request may start now (it does not take the token: see take()). */
+  available(): boolean {
+    this.refill();
+    return this.tokens >= 1;
+  }
+
+  take(): void {
+    this.tokens -= 1;
+  }
+
+  /** Milliseconds until the next request may start. */
+  waitMs(): number {
+    this.refill();
+    return this.tokens >= 1 ? 0 : ((1 - this.tokens) * 1000) / this.rate;
+  }
 }
 
 export class VirtioBlk extends VirtioDevice {
@@ -98,9 +141,12 @@ export class VirtioBlk extends VirtioDevice {
   private readonly header = new Uint8Array(HEADER_SIZE);
   private readonly headerView = new DataView(this.header.buffer);
   private readonly status = new Uint8Array(1);
+  private readonly limiter: IopsLimiter | null;
+  private retry: ReturnType<typeof setTimeout> | undefined;
 
   constructor(o: VirtioBlkOptions) {
     super();
+    this.limiter = o.iopsTotal ? new IopsLimiter(o.iopsTotal) : null;
     this.image = o.image;
     this.sectors = Math.floor(o.image.size / SECTOR);
     this.queueSizes = Array.from({ length: o.numQueues }, () => o.queueSize);
@@ -132,24 +178,52 @@ export class VirtioBlk extends VirtioDevice {
 
   activate(_features: bigint): void {}
 
-  deactivate(): void {}
+  deactivate(): void {
+    this.cancelRetry();
+  }
 
   kick(qi: number): void {
     const host = this.host;
     const q = host.queues[qi]!;
     const chain = this.chain;
+    const limiter = this.limiter;
     for (;;) {
       q.setNotify(false);
       let n = 0;
-      while (q.pop(chain)) {
+      // Over the iops limit, requests wait in the available ring (the guest sees a slow disk) and a
+      // timer comes back for them; nothing is dropped.
+      while ((limiter === null || limiter.available()) && q.pop(chain)) {
+        limiter?.take();
         q.pushUsed(chain.head, this.serve(chain));
         if (++n % PUBLISH_EVERY === 0) host.usedBuffers(q);
       }
       host.usedBuffers(q);
+      if (limiter !== null && !limiter.available()) {
+        q.setNotify(true);
+        this.retryLater(qi, limiter.waitMs());
+        return;
+      }
       // Buffers that arrived after the last look but before notifications were back on: go again.
       if (!q.setNotify(true)) return;
     }
   }
+
+  private retryLater(qi: number, ms: number): void {
+    if (this.retry !== undefined) return;
+    this.retry = setTimeout(() => {
+      this.retry = undefined;
+      // A paused device touches nothing; resumeIo() looks at every queue again.
+      if (!this.host.paused && this.host.queues[qi]?.active) this.kick(qi);
+    }, Math.max(1, Math.ceil(ms)));
+    this.retry.unref();
+  }
+
+  private cancelRetry(): void {
+    if (this.retry !== undefined) clearTimeout(this.retry);
+    this.retry = undefined;
+  }
+
+
 
   /** Serve one request; returns the bytes written into the chain (used length). */
   private serve(chain: DescChain): number {
@@ -264,6 +338,7 @@ export class VirtioBlk extends VirtioDevice {
   }
 
   override close(): void {
+    this.cancelRetry();
     this.image.close();
   }
 }
