@@ -22,6 +22,7 @@ const lib = dlopen("libc.so.6", {
   ioctl: { args: ["i32", "u64", "ptr"], returns: "i32" },
   mmap: { args: ["ptr", "u64", "i32", "i32", "i32", "i64"], returns: "ptr" },
   munmap: { args: ["ptr", "u64"], returns: "i32" },
+  mremap: { args: ["ptr", "u64", "u64", "i32", "ptr"], returns: "ptr" },
   madvise: { args: ["ptr", "u64", "i32"], returns: "i32" },
   memfd_create: { args: ["cstring", "u32"], returns: "i32" },
   ftruncate: { args: ["i32", "i64"], returns: "i32" },
@@ -90,6 +91,7 @@ export const O_TRUNC = 0o1000;
 export const O_NONBLOCK = 0o4000;
 export const O_DIRECT = 0o40000;
 export const O_CLOEXEC = 0o2000000;
+export const PROT_NONE = 0;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;
@@ -97,6 +99,8 @@ export const MAP_PRIVATE = 2;
 export const MAP_NORESERVE = 0x4000;
 export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
+export const MREMAP_MAYMOVE = 1;
+export const MREMAP_FIXED = 2;
 export const MFD_CLOEXEC = 1;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
@@ -183,6 +187,12 @@ export function mmap(len: number, prot: number, flags: number, fd: number, offse
 
 export function munmap(addr: number, len: number): void {
   check("munmap", c.munmap(addr as Pointer, len));
+}
+
+/** mremap with MREMAP_MAYMOVE|MREMAP_FIXED: move the mapping at `from` to `to` (page tables move with it). */
+export function mremapTo(from: number, len: number, to: number): void {
+  const p = c.mremap(from as Pointer, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to as Pointer) as unknown;
+  if (typeof p !== "number") throw new SysError("mremap", errno());
 }
 
 export function madvise(addr: number, len: number, advice: number): number {

@@ -9,7 +9,7 @@
 import { GuestMemory, WINDOW_SIZE } from "../memory/guest-memory.ts";
 import { trace } from "../util/trace.ts";
 import { Vm } from "../kvm/vm.ts";
-import { open, O_WRONLY, O_CREAT, O_TRUNC, close as closeFdLibc } from "../../ffi/libc.ts";
+import { open, munmap, O_WRONLY, O_CREAT, O_TRUNC, close as closeFdLibc } from "../../ffi/libc.ts";
 import { connectTo, lseekRaw, pollFd, sendWithFd, SEEK_DATA, SEEK_HOLE, POLLIN, tuneStream } from "../../ffi/socket.ts";
 import { IovecList, readExact, writeAll, writevAll, TransportError } from "./fdio.ts";
 import { SCTL_CANCEL, type SendCommand, type SendReply, type SendStats, type SendTarget } from "./worker-protocol.ts";
@@ -292,6 +292,9 @@ function handle(msg: SendCommand): SendReply {
       sendWithFd(fd, record(Rec.MEMFD, payload), mem.fd);
       return { type: "ok" };
     }
+    case "unmap":
+      munmap(msg.addr, msg.len);
+      return { type: "ok" };
     case "close":
       if (fd >= 0) closeFdLibc(fd);
       fd = -1;

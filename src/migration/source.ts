@@ -15,6 +15,7 @@ import type { Machine } from "../vmm/machine.ts";
 import { guestConfig, saveMachineState } from "../vmm/machine-state.ts";
 import type { VcpuState } from "../vmm/vcpu-protocol.ts";
 import { shutdownFd, pipe, closeFd } from "../../ffi/socket.ts";
+import { munmap } from "../../ffi/libc.ts";
 import { WorkerChannel } from "./channel.ts";
 import { SCTL_CANCEL, SCTL_WORDS, type SendCommand, type SendReply, type SendStats, type SendTarget } from "./worker-protocol.ts";
 import { describeUri, resolveSockAddr, type MigrationUri } from "./uri.ts";
@@ -168,6 +169,7 @@ export class MigrationSource {
     const m = this.m;
     const p = this.progress;
     this.hooks.onStatus("setup");
+    let oldRam: { addr: number; len: number } | undefined;
     try {
       // Same-host: the destination maps this RAM itself; nothing to track or copy.
       const userDirty = this.local ? null : m.startDirtyLog();
@@ -252,7 +254,7 @@ export class MigrationSource {
       p.downtimeMs = Math.round(performance.now() - pausedAt);
       p.remaining = 0;
       // The destination owns the shared pages now; this process must never touch them again.
-      if (this.local) m.memory.detach();
+      if (this.local) oldRam = m.memory.detach();
       p.totalMs = Math.round(performance.now() - p.startedAt);
       this.stopDirtyLog();
       this.pausedByUs = false;
@@ -262,6 +264,9 @@ export class MigrationSource {
     } catch (e) {
       await this.abort(e as Error);
     } finally {
+      // Unmapping what the guest touched is slow (see detach()): the idle Worker does it, not this thread.
+      const moved = oldRam;
+      if (moved && (await this.ch.call({ type: "unmap", ...moved })).type === "error") munmap(moved.addr, moved.len);
       this.ch.terminate();
     }
   }

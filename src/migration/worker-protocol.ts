@@ -25,7 +25,6 @@ export type SendCommand =
   | { type: "sync" }
   /** Send the pending set (or, with full, every page that holds data) as RAM records. */
   | { type: "send"; full: boolean }
-  /** Read one return-path record, waiting at most timeoutMs. */
   /**
    * Read one return-path record, waiting at most timeoutMs. With `commitOn`, answer that record type
    * with COMMIT at once, from this thread: the switchover then costs no extra hop to the main thread.
@@ -34,6 +33,8 @@ export type SendCommand =
   | { type: "bandwidth"; bytesPerSec: number }
   /** Send the MEMFD record with guest RAM's memfd attached (same-host migration). */
   | { type: "send-memfd" }
+  /** Unmap guest RAM's old mapping after a same-host migration moved it aside (GuestMemory.detach). */
+  | { type: "unmap"; addr: number; len: number }
   | { type: "close" };
 
 export type SendReply =
