@@ -6,8 +6,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { FdReader } from "./fd-reader.ts";
 
 export const REPO = resolve(import.meta.dir, "../..");
+/** How long output may trail kiln's exit when something else still holds its stdout/stderr. */
+const DRAIN_AFTER_EXIT_MS = 2000;
 export const MAIN = join(REPO, "src/main.ts");
 
 export interface KilnOptions {
@@ -28,7 +31,7 @@ export function scratchDir(prefix = "kiln-test-"): { dir: string; cleanup: () =>
 type LineWaiter = { re: RegExp; from: number; resolve: (m: RegExpMatchArray) => void; reject: (e: Error) => void; timer: Timer };
 
 export class KilnProcess {
-  readonly proc: Subprocess<"pipe" | "ignore", "pipe", "pipe">;
+  readonly proc: Subprocess<"pipe" | "ignore", number, number>;
   /** Every complete console line so far. */
   readonly lines: string[] = [];
   stderr = "";
@@ -39,16 +42,30 @@ export class KilnProcess {
 
   constructor(args: string[], opts: KilnOptions = {}) {
     const cmd = opts.binary ? [opts.binary, ...args] : [process.execPath, MAIN, ...args];
-    this.proc = Bun.spawn(cmd, {
-      cwd: opts.cwd ?? REPO,
-      env: { ...process.env, ...opts.env },
-      stdin: opts.stdinPipe ? "pipe" : "ignore",
-      stdout: "pipe",
-      stderr: "pipe",
-    }) as never;
-    void this.pump(this.proc.stdout, (t) => this.onStdout(t));
-    void this.pump(this.proc.stderr, (t) => (this.stderr += t));
-    this.exited = this.proc.exited.then((code) => {
+    const outDec = new TextDecoder();
+    const errDec = new TextDecoder();
+    const out = new FdReader((b) => this.onStdout(outDec.decode(b, { stream: true })));
+    const err = new FdReader((b) => (this.stderr += errDec.decode(b, { stream: true })));
+    try {
+      this.proc = Bun.spawn(cmd, {
+        cwd: opts.cwd ?? REPO,
+        env: { ...process.env, ...opts.env },
+        stdin: opts.stdinPipe ? "pipe" : "ignore",
+        stdout: out.writeFd,
+        stderr: err.writeFd,
+      }) as never;
+    } finally {
+      out.childStarted();
+      err.childStarted();
+    }
+    // Everything the child wrote is in `lines` and `stderr` before `exited` resolves. A descendant
+    // may hold the pipes open after kiln exits (exec: migration's shell, a daemon): wait for end of
+    // file only a little while then.
+    const drained = Promise.all([out.done, err.done]);
+    this.exited = this.proc.exited.then(async (code) => {
+      let timer: Timer | undefined;
+      await Promise.race([drained, new Promise((r) => (timer = setTimeout(r, DRAIN_AFTER_EXIT_MS)))]);
+      clearTimeout(timer);
       if (this.partial) this.pushLine(this.partial);
       this.partial = "";
       for (const w of this.waiters) {
@@ -58,11 +75,6 @@ export class KilnProcess {
       this.waiters = [];
       return code;
     });
-  }
-
-  private async pump(stream: ReadableStream<Uint8Array>, sink: (t: string) => void): Promise<void> {
-    const dec = new TextDecoder();
-    for await (const chunk of stream) sink(dec.decode(chunk, { stream: true }));
   }
 
   private onStdout(text: string): void {

@@ -160,26 +160,31 @@ describe("one command", () => {
 describe("--events", () => {
   /**
    * Spawn with --events; once it prints (probe events prove it is negotiated, and `first` lines
-   * are in), let `act` cause events; then interrupt it. Probe lines are left out of stdout.
+   * are in), let `act` cause events; once `total` lines are in, interrupt it. Probe lines are left
+   * out of stdout.
    */
-  async function withEvents(args: string[], first: number, act: () => Promise<void> | void): Promise<Run> {
+  async function withEvents(args: string[], first: number, act: () => Promise<void> | void, total: number): Promise<Run> {
     const p = Bun.spawn([process.execPath, CLIENT, ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
     const stderr = new Response(p.stderr).text();
     const reader = p.stdout.getReader();
     let out = "";
     const lines = () => out.split("\n").filter((l) => l && !l.includes("X_PROBE"));
-    const probe = setInterval(() => server.emit("X_PROBE"), 20);
-    try {
-      while (!out.includes("X_PROBE") || lines().length < first) {
+    const readUntil = async (enough: () => boolean) => {
+      while (!enough()) {
         const { value, done } = await reader.read();
         if (done) break;
         out += new TextDecoder().decode(value);
       }
+    };
+    const probe = setInterval(() => server.emit("X_PROBE"), 20);
+    try {
+      await readUntil(() => out.includes("X_PROBE") && lines().length >= first);
     } finally {
       clearInterval(probe);
     }
     await act();
-    await Bun.sleep(150);
+    // Complete lines only: a line is printed whole, but may arrive in pieces.
+    await readUntil(() => out.endsWith("\n") && lines().length >= total);
     p.kill("SIGINT");
     const code = await p.exited;
     for (;;) {
@@ -194,7 +199,7 @@ describe("--events", () => {
     const r = await withEvents([sock, "--events"], 0, () => {
       vm.listener?.("STOP");
       server.emit("RESET", { guest: true, reason: "guest-reset" });
-    });
+    }, 2);
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
     expect(lines.map((e) => e.event)).toEqual(["STOP", "RESET"]);
@@ -205,7 +210,7 @@ describe("--events", () => {
   test("with a COMMAND: its reply, then the events", async () => {
     const r = await withEvents([sock, "stop", "--events"], 2, () => {
       vm.listener?.("RESUME");
-    });
+    }, 3);
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
     // stop's own STOP event comes before its reply.
@@ -218,8 +223,19 @@ describe("--events", () => {
 
   test("the server going away ends the stream with exit 0", async () => {
     const p = Bun.spawn([process.execPath, CLIENT, sock, "--events"], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-    for (let i = 0; i < 200 && server.clientCount === 0; i++) await Bun.sleep(10);
-    await Bun.sleep(50);
+    // Close once it is negotiated and printing events (a probe event came out).
+    const reader = p.stdout.getReader();
+    const probe = setInterval(() => server.emit("X_PROBE"), 20);
+    try {
+      let out = "";
+      while (!out.includes("X_PROBE")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += new TextDecoder().decode(value);
+      }
+    } finally {
+      clearInterval(probe);
+    }
     server.close();
     expect(await p.exited).toBe(0);
   });

@@ -210,6 +210,15 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** Poll `cond` (it changes on the event loop: the fake VM's calls) until it holds. */
+async function waitUntil(cond: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(1);
+  }
+}
+
 async function serve(opts: QmpServerOptions = {}, path = join(dir, "qmp.sock")): Promise<{ server: QmpServer; path: string }> {
   const server = await startQmp([{ transport: "unix", path }], vm, "9.8.7", { checkResults: true, ...opts });
   servers.push(server);
@@ -559,7 +568,7 @@ describe("several clients", () => {
     vm.stopDelayMs = 200;
     // a: a slow stop, then a query in the same write; b asks meanwhile.
     a.write('{"execute":"stop","id":1}{"execute":"query-status","id":2}');
-    await Bun.sleep(20);
+    await waitUntil(() => vm.calls.includes("stop"), "a's stop to start");
     b.write('{"execute":"query-status","id":"b"}\n');
     expect((await a.next()).event).toBe("STOP");
     expect(await a.next()).toEqual({ return: {}, id: 1 });
@@ -575,14 +584,15 @@ describe("several clients", () => {
     vm.state = "running";
     vm.stopDelayMs = 150;
     a.write('{"execute":"stop"}\n{"execute":"cont"}\n');
-    await Bun.sleep(20);
+    await waitUntil(() => vm.calls.includes("stop"), "a's stop to start");
     a.sock.terminate();
     expect((await b.next()).event).toBe("STOP");
-    await Bun.sleep(100);
+    // Commands run one at a time in arrival order: b's query is answered only after a's queued
+    // cont would have run.
+    expect((await b.cmd("query-status")).return.status).toBe("paused");
     // The queued cont of the departed client was dropped, as QEMU drops a closed monitor's queue.
     expect(vm.calls).toEqual(["stop", "stop-done"]);
     expect(server.clientCount).toBe(1);
-    expect((await b.cmd("query-status")).return.status).toBe("paused");
   });
 
   test("clients beyond maxClients are turned away", async () => {
@@ -818,10 +828,11 @@ setTimeout(() => { throw new Error("boom"); }, 1);
     vm.state = "running";
     vm.stopDelayMs = 100;
     c.write('{"execute":"stop"}\n');
-    await Bun.sleep(20);
+    await waitUntil(() => vm.calls.includes("stop"), "the stop to start");
     server.close();
     vm.emit("RESUME");
-    await Bun.sleep(150);
+    // The stop finishes after the close; its reply has nowhere to go.
+    await waitUntil(() => vm.calls.includes("stop-done"), "the stop to finish");
     expect(vm.calls).toEqual(["stop", "stop-done"]);
     await c.waitClosed();
   });

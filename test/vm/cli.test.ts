@@ -4,9 +4,10 @@
  * binary works from anywhere.
  */
 import { test, expect, describe } from "bun:test";
-import { copyFileSync, readFileSync, writeFileSync, existsSync } from "node:fs";
+import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { kiln, scratchDir, REPO } from "../lib/kiln.ts";
+import { connectUnix } from "../lib/unix-socket.ts";
 import { bootGuest, guestArgs, stop } from "../lib/guest-vm.ts";
 import { buildGuest } from "../lib/guest-build.ts";
 import { fnv1a64, parseModule } from "../lib/guest-lines.ts";
@@ -102,15 +103,11 @@ test("-serial unix:PATH,server,nowait: a client sees the console and can type in
       let resolveReady!: () => void;
       const echoed = new Promise<void>((r) => (resolveEcho = r));
       const ready = new Promise<void>((r) => (resolveReady = r));
-      for (let i = 0; !existsSync(sock) && i < 200; i++) await Bun.sleep(10);
-      const c = await Bun.connect({
-        unix: sock,
-        socket: {
-          data(_s, d) {
-            seen += d.toString();
-            if (seen.includes("READY")) resolveReady();
-            if (seen.includes("ECHO hello from the socket")) resolveEcho();
-          },
+      const c = await connectUnix(sock, {
+        data(_s, d) {
+          seen += d.toString();
+          if (seen.includes("READY")) resolveReady();
+          if (seen.includes("ECHO hello from the socket")) resolveEcho();
         },
       });
       // The guest's UART driver clears its FIFOs while it boots: type once it is up.

@@ -5,8 +5,9 @@
  */
 import { test, expect, describe } from "bun:test";
 import { join } from "node:path";
-import { existsSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { kiln, scratchDir } from "../lib/kiln.ts";
+import { connectUnix } from "../lib/unix-socket.ts";
 import { guestArgs } from "../lib/guest-vm.ts";
 import { encodeHeader, jsonRecord, record, Rec, FLAG_RETURN_PATH, RECORD_HEADER_SIZE, decodeRecordHeader } from "../../src/migration/wire.ts";
 
@@ -54,9 +55,8 @@ async function feed(stream: Uint8Array, opts: { mem?: string } = {}): Promise<{ 
   const sock = join(dir, "in.sock");
   try {
     const k = kiln([...(await guestArgs({ mem: opts.mem ?? "256M" })), "-incoming", `unix:${sock}`]);
-    for (let i = 0; !existsSync(sock) && i < 500; i++) await Bun.sleep(10);
     let got = new Uint8Array(0);
-    const s = await Bun.connect({ unix: sock, socket: { data(_s, d) { got = cat(got, new Uint8Array(d)); }, error() {} } });
+    const s = await connectUnix(sock, { data(_s, d) { got = cat(got, new Uint8Array(d)); }, error() {} });
     s.write(stream);
     const code = await k.exitCode();
     s.end();

@@ -6,6 +6,7 @@ import { test, expect } from "bun:test";
 import { join } from "node:path";
 import { existsSync, statSync } from "node:fs";
 import { scratchDir, MAIN } from "../lib/kiln.ts";
+import { connectUnix } from "../lib/unix-socket.ts";
 import { bootGuest, heartbeats, stop, waitHeartbeat } from "../lib/guest-vm.ts";
 import type { Socket } from "bun";
 
@@ -19,25 +20,22 @@ class Raw {
 
   static async open(path: string): Promise<Raw> {
     let r!: Raw;
-    const s = await Bun.connect({
-      unix: path,
-      socket: {
-        data(_s, d) {
-          r.raw += d.toString("latin1");
-          const parts = r.raw.split("\r\n");
-          r.raw = parts.pop()!;
-          r.lines.push(...parts);
-          for (const w of r.waiters.splice(0)) w();
-        },
-        close() {
-          r.closed = true;
-          for (const w of r.waiters.splice(0)) w();
-        },
-        drain() {
-          r.flush();
-        },
-        error() {},
+    const s = await connectUnix(path, {
+      data(_s, d) {
+        r.raw += d.toString("latin1");
+        const parts = r.raw.split("\r\n");
+        r.raw = parts.pop()!;
+        r.lines.push(...parts);
+        for (const w of r.waiters.splice(0)) w();
       },
+      close() {
+        r.closed = true;
+        for (const w of r.waiters.splice(0)) w();
+      },
+      drain() {
+        r.flush();
+      },
+      error() {},
     });
     r = new Raw(s);
     return r;
@@ -329,7 +327,6 @@ test("StratoVirt's form: -chardev socket,... -mon chardev=ID,mode=control", asyn
   const k = await bootGuest({ append: "hb=50", extra: ["-chardev", `socket,id=mon0,path=${sock},server,nowait`, "-mon", "chardev=mon0,mode=control"] });
   try {
     await k.waitFor(/^READY/);
-    for (let i = 0; !existsSync(sock) && i < 500; i++) await Bun.sleep(10);
     const q = await Raw.open(sock);
     await q.next((m) => "QMP" in m);
     await q.cmd({ execute: "qmp_capabilities" });
