@@ -30,6 +30,44 @@ class NullChardev implements Chardev {
   close(): void {}
 }
 
+/**
+ * Guest output waiting for a slow reader (a paused terminal, a console pipe nobody drains) is held
+ * up to this many bytes; beyond that it is dropped and counted, so a stuck reader cannot make kiln
+ * grow without bound. (QEMU instead holds the UART's transmitter busy; kiln's UART always accepts.)
+ */
+export const OUTPUT_BACKLOG_LIMIT = 1 << 20;
+
+/** Bytes handed to a writer but not yet taken by the reader, and what was dropped meanwhile. */
+export class OutputBacklog {
+  bytes = 0;
+  dropped = 0;
+  constructor(
+    private readonly what: string,
+    private readonly warn: (msg: string) => void,
+    private readonly limit = OUTPUT_BACKLOG_LIMIT,
+  ) {}
+
+  /** May `n` more bytes be queued? If not they count as dropped (the first drop of a spell is reported). */
+  admit(n: number): boolean {
+    if (this.bytes + n <= this.limit) {
+      this.bytes += n;
+      return true;
+    }
+    if (this.dropped === 0) this.warn(`guest console output to ${this.what} is not being read: dropping what exceeds ${this.limit >> 10} KiB`);
+    this.dropped += n;
+    return false;
+  }
+
+  /** The reader took `n` bytes; once it has caught up, say how much was lost. */
+  drained(n: number): void {
+    this.bytes -= n;
+    if (this.bytes === 0 && this.dropped > 0) {
+      this.warn(`guest console output to ${this.what} flows again; ${this.dropped} bytes were dropped`);
+      this.dropped = 0;
+    }
+  }
+}
+
 const CTRL_A = 0x01;
 const ESCAPE_HELP = "\r\nC-a h    print this help\r\nC-a x    exit kiln\r\nC-a C-a  send C-a to the guest\r\n";
 
@@ -39,7 +77,13 @@ class StdioChardev implements Chardev {
   private escape = false;
   private readonly tty = process.stdin.isTTY === true;
 
-  constructor(private readonly onQuit: () => void) {
+  private readonly backlog: OutputBacklog;
+
+  constructor(
+    private readonly onQuit: () => void,
+    warn: (msg: string) => void,
+  ) {
+    this.backlog = new OutputBacklog("stdout", warn);
     if (this.tty) {
       process.stdin.setRawMode(true);
       process.on("exit", () => this.restore());
@@ -73,7 +117,9 @@ class StdioChardev implements Chardev {
   }
 
   write(bytes: Uint8Array): void {
-    process.stdout.write(bytes);
+    const n = bytes.byteLength;
+    // The callback runs once the bytes are written out (Bun's writableLength stays 0).
+    if (this.backlog.admit(n)) process.stdout.write(bytes, () => this.backlog.drained(n));
   }
 
   setInputHandler(cb: (bytes: Uint8Array) => void): void {
@@ -128,11 +174,14 @@ class SocketChardev implements Chardev {
   private connected: Promise<void>;
   private markConnected!: () => void;
   private pending: Uint8Array[] = [];
+  private readonly backlog: OutputBacklog;
 
   constructor(
     private readonly address: SocketAddress,
     private readonly waitForClient: boolean,
+    warn: (msg: string) => void,
   ) {
+    this.backlog = new OutputBacklog(`the client of ${describe(address)}`, warn);
     this.connected = new Promise((r) => (this.markConnected = r));
     const handlers = {
       open: (s: Socket<undefined>) => {
@@ -145,7 +194,10 @@ class SocketChardev implements Chardev {
       },
       data: (_s: Socket<undefined>, d: Buffer) => this.input(new Uint8Array(d.buffer, d.byteOffset, d.byteLength)),
       close: (s: Socket<undefined>) => {
-        if (this.client === s) this.client = undefined;
+        if (this.client !== s) return;
+        this.client = undefined;
+        // What the departed client did not take is gone with it.
+        for (const b of this.pending.splice(0)) this.backlog.drained(b.byteLength);
       },
       drain: () => this.flushPending(),
       error: () => {},
@@ -165,9 +217,10 @@ class SocketChardev implements Chardev {
   private flushPending(): void {
     while (this.client && this.pending.length > 0) {
       const b = this.pending[0]!;
-      const n = this.client.write(b);
+      const n = Math.max(this.client.write(b), 0);
+      this.backlog.drained(n);
       if (n < b.byteLength) {
-        this.pending[0] = b.subarray(Math.max(n, 0));
+        this.pending[0] = b.subarray(n);
         return;
       }
       this.pending.shift();
@@ -177,11 +230,11 @@ class SocketChardev implements Chardev {
   write(bytes: Uint8Array): void {
     if (!this.client) return;
     if (this.pending.length > 0) {
-      this.pending.push(bytes.slice());
+      if (this.backlog.admit(bytes.byteLength)) this.pending.push(bytes.slice());
       return;
     }
-    const n = this.client.write(bytes);
-    if (n < bytes.byteLength) this.pending.push(bytes.slice(Math.max(n, 0)));
+    const n = Math.max(this.client.write(bytes), 0);
+    if (n < bytes.byteLength && this.backlog.admit(bytes.byteLength - n)) this.pending.push(bytes.slice(n));
   }
 
   setInputHandler(cb: (bytes: Uint8Array) => void): void {
@@ -216,16 +269,16 @@ export function removeStaleSocket(path: string): void {
   unlinkSync(path);
 }
 
-export function openChardev(cfg: SerialConfig, onQuit: () => void): Chardev {
+export function openChardev(cfg: SerialConfig, onQuit: () => void, warn: (msg: string) => void): Chardev {
   switch (cfg.kind) {
     case "none":
       return new NullChardev();
     case "stdio":
-      return new StdioChardev(onQuit);
+      return new StdioChardev(onQuit, warn);
     case "file":
       return new FileChardev(cfg.path);
     case "socket":
-      return new SocketChardev(cfg.address, cfg.wait);
+      return new SocketChardev(cfg.address, cfg.wait, warn);
     case "pty":
       throw new ChardevError("-serial pty is not supported yet; use -serial unix:PATH,server,nowait and connect with socat");
   }

@@ -131,7 +131,7 @@ export async function runVm(cfg: VmConfig, argv: string[]): Promise<number> {
 
   try {
     if (cfg.process.pidFile) cleanups.push(writePidfile(cfg.process.pidFile));
-    chardev = openChardev(cfg.serial, () => shutdown(ExitCode.Ok));
+    chardev = openChardev(cfg.serial, () => shutdown(ExitCode.Ok), (msg) => log.warn(msg));
     const out = chardev;
     const m = await Machine.create(
       {

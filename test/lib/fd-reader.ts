@@ -16,26 +16,38 @@ export class FdReader {
   readonly done: Promise<void>;
   /** Why reading stopped early, if it did. */
   error: string | undefined;
-  private readonly worker: Worker;
+  private readonly readFd: number;
+  private resolveDone!: () => void;
+  private started = false;
 
-  constructor(onData: (bytes: Uint8Array) => void) {
+  /** A new pipe; with `paused`, nothing reads it until start() (a reader that is not keeping up). */
+  constructor(
+    private readonly onData: (bytes: Uint8Array) => void,
+    paused = false,
+  ) {
     const [r, w] = pipe();
     this.writeFd = w;
-    this.worker = new Worker(new URL("./fd-reader-worker.ts", import.meta.url).href);
+    this.readFd = r;
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    if (!paused) this.start();
+  }
+
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    const worker = new Worker(new URL("./fd-reader-worker.ts", import.meta.url).href);
     // A descendant that keeps the pipe open must not keep the test runner alive.
-    this.worker.unref();
-    this.done = new Promise((resolve) => {
-      this.worker.onmessage = (ev: MessageEvent<Uint8Array | { eof?: true; error?: string }>) => {
-        const m = ev.data;
-        if (m instanceof Uint8Array) onData(m);
-        else if (m.error) this.error = m.error;
-        else if (m.eof) {
-          this.worker.terminate();
-          resolve();
-        }
-      };
-    });
-    this.worker.postMessage({ fd: r });
+    worker.unref();
+    worker.onmessage = (ev: MessageEvent<Uint8Array | { eof?: true; error?: string }>) => {
+      const m = ev.data;
+      if (m instanceof Uint8Array) this.onData(m);
+      else if (m.error) this.error = m.error;
+      else if (m.eof) {
+        worker.terminate();
+        this.resolveDone();
+      }
+    };
+    worker.postMessage({ fd: this.readFd });
   }
 
   /** The child has its copy: drop ours, so end of file comes when the child (and its children) close theirs. */
