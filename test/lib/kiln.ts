@@ -20,8 +20,6 @@ export interface KilnOptions {
   env?: Record<string, string>;
   /** Feed the serial console from a pipe (default: /dev/null). */
   stdinPipe?: boolean;
-  /** Leave stdout unread until readStdout() (a console reader that does not keep up). */
-  stdoutPaused?: boolean;
 }
 
 /** A unique scratch directory, removed by the returned cleanup. */
@@ -41,14 +39,12 @@ export class KilnProcess {
   private waiters: LineWaiter[] = [];
   readonly exited: Promise<number>;
   readonly startedAt = performance.now();
-  private readonly out: FdReader;
 
   constructor(args: string[], opts: KilnOptions = {}) {
     const cmd = opts.binary ? [opts.binary, ...args] : [process.execPath, MAIN, ...args];
     const outDec = new TextDecoder();
     const errDec = new TextDecoder();
-    const out = new FdReader((b) => this.onStdout(outDec.decode(b, { stream: true })), opts.stdoutPaused);
-    this.out = out;
+    const out = new FdReader((b) => this.onStdout(outDec.decode(b, { stream: true })));
     const err = new FdReader((b) => (this.stderr += errDec.decode(b, { stream: true })));
     try {
       this.proc = Bun.spawn(cmd, {
@@ -127,11 +123,6 @@ export class KilnProcess {
 
   tail(n = 30): string {
     return this.lines.slice(-n).join("\n");
-  }
-
-  /** Start reading stdout (after stdoutPaused). */
-  readStdout(): void {
-    this.out.start();
   }
 
   /** Write to the serial console (stdinPipe must be set). */
