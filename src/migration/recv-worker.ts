@@ -14,7 +14,7 @@ import { EAGAIN, EINTR } from "../../ffi/errno.ts";
 import { IovecList, readExact, readvAll, writeAll, TransportError } from "./fdio.ts";
 import { errnoMessage } from "../../ffi/errno.ts";
 import { configMismatch, restoreKvmState, sectionsByName, type GuestConfig, type KvmTargets } from "../vmm/machine-state.ts";
-import { probeSavableMsrs, restoreVcpuState, saveVcpuState } from "../vmm/vcpu-state.ts";
+import { decodeVcpuState, encodeVcpuState, probeSavableMsrs, restoreVcpuState, saveVcpuState } from "../vmm/vcpu-state.ts";
 import { Vm } from "../kvm/vm.ts";
 import { VcpuFd } from "../kvm/vcpu.ts";
 import { KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE } from "../../ffi/kvm-abi.ts";
@@ -298,7 +298,7 @@ function receive(): void {
  * are slower than the rest.
  */
 function prime(msrIndexList: number[]): void {
-  for (const v of kvm.vcpus) restoreVcpuState(v, saveVcpuState(v, kvm.xsaveSize, probeSavableMsrs(v, msrIndexList)), 0);
+  for (const v of kvm.vcpus) restoreVcpuState(v, decodeVcpuState(encodeVcpuState(saveVcpuState(v, kvm.xsaveSize, probeSavableMsrs(v, msrIndexList)))), 0);
   for (const chip of [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC]) kvm.vm.setIrqchip(kvm.vm.getIrqchip(chip));
   kvm.vm.setPit2(kvm.vm.getPit2());
 }

@@ -53,6 +53,8 @@ export const RUN_DESC_SIZE = 16;
 export const RAM_HEAD_SIZE = 8;
 
 export const ENCODING_JSON = 1;
+/** The section's data is the component's own binary format, passed through as bytes. */
+export const ENCODING_RAW = 2;
 
 /** Bounds the destination enforces, so a hostile stream cannot make it allocate or wait without limit. */
 export const LIMITS = {
@@ -148,18 +150,20 @@ export function decodeStateJson(b: Uint8Array): unknown {
 export interface StateSection {
   name: string;
   version: number;
+  /** JSON-able (Uint8Arrays and bigints allowed), or a Uint8Array: the component's own binary format. */
   data: unknown;
 }
 
 export function encodeState(s: StateSection): Uint8Array {
   const name = new TextEncoder().encode(s.name);
-  const data = encodeStateJson(s.data);
+  const raw = s.data instanceof Uint8Array;
+  const data = raw ? (s.data as Uint8Array) : encodeStateJson(s.data);
   const payload = new Uint8Array(2 + name.byteLength + 8 + data.byteLength);
   const dv = new DataView(payload.buffer);
   dv.setUint16(0, name.byteLength, true);
   payload.set(name, 2);
   dv.setUint32(2 + name.byteLength, s.version, true);
-  dv.setUint32(6 + name.byteLength, ENCODING_JSON, true);
+  dv.setUint32(6 + name.byteLength, raw ? ENCODING_RAW : ENCODING_JSON, true);
   payload.set(data, 10 + name.byteLength);
   return record(Rec.STATE, payload);
 }
@@ -172,6 +176,7 @@ export function decodeState(payload: Uint8Array): StateSection {
   const name = new TextDecoder("utf-8", { fatal: true }).decode(payload.subarray(2, 2 + nameLen));
   const version = dv.getUint32(2 + nameLen, true);
   const encoding = dv.getUint32(6 + nameLen, true);
+  if (encoding === ENCODING_RAW) return { name, version, data: payload.slice(10 + nameLen) };
   if (encoding !== ENCODING_JSON) throw new WireError(`state ${name}: unknown encoding ${encoding}`);
   let data: unknown;
   try {

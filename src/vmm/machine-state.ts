@@ -23,9 +23,10 @@ import {
 import { PersistError } from "../persist/persist.ts";
 import type { VcpuFd } from "../kvm/vcpu.ts";
 import type { Vm } from "../kvm/vm.ts";
-import { restoreVcpuState } from "./vcpu-state.ts";
+import { decodeVcpuState, encodeVcpuState, restoreVcpuState } from "./vcpu-state.ts";
 
-export const CPU_SECTION_VERSION = 1;
+/** 2: the binary form of vcpu-state.ts (1 was JSON). */
+export const CPU_SECTION_VERSION = 2;
 export const KVM_SECTION_VERSION = 1;
 
 /** What must be identical on both ends of a migration (StratoVirt checks vCPUs, memory and devices). */
@@ -73,7 +74,7 @@ export function configMismatch(ours: GuestConfig, theirs: unknown): string | nul
 export async function saveMachineState(m: Machine, cpuStates?: (VcpuState | undefined)[]): Promise<StateSection[]> {
   const sections: StateSection[] = [];
   const cpus = await Promise.all(m.vcpus.map((v, i) => cpuStates?.[i] ?? v.save()));
-  cpus.forEach((st, i) => sections.push({ name: `cpu/${i}`, version: CPU_SECTION_VERSION, data: st }));
+  cpus.forEach((st, i) => sections.push({ name: `cpu/${i}`, version: CPU_SECTION_VERSION, data: encodeVcpuState(st) }));
   sections.push({
     name: "kvm/irqchip",
     version: KVM_SECTION_VERSION,
@@ -96,8 +97,13 @@ function bytes(section: string, v: unknown, field: string, size: number): Uint8A
 }
 
 function checkVcpuState(name: string, v: unknown, xsaveSize: number): VcpuState {
-  const s = v as VcpuState;
-  if (!s || typeof s !== "object") throw new PersistError(name, "not an object");
+  if (!(v instanceof Uint8Array)) throw new PersistError(name, "not in the binary form");
+  let s: VcpuState;
+  try {
+    s = decodeVcpuState(v);
+  } catch (e) {
+    throw new PersistError(name, (e as Error).message);
+  }
   bytes(name, s.regs, "regs", KvmRegs.size);
   bytes(name, s.sregs, "sregs", KvmSregs.size);
   bytes(name, s.xsave, "xsave", xsaveSize);

@@ -64,3 +64,60 @@ export function restoreVcpuState(vcpu: VcpuFd, st: VcpuState, tscAdvanceNs: numb
   vcpu.setVcpuEvents(st.events);
   vcpu.setDebugRegs(st.debugRegs);
 }
+
+/**
+ * The binary form of a vCPU's state in a migration stream (section `cpu/N`, version 2), little-endian:
+ *   u32 id | u32 mpState | for each blob in BLOB_ORDER: u32 length, bytes | u32 msrCount |
+ *   msrCount × { u32 index, u32 0, u64 value }
+ * Decoding is slicing: it runs inside the switchover, where parsing JSON cost ~0.5 ms per vCPU here.
+ */
+const BLOB_ORDER = ["regs", "sregs", "xsave", "xcrs", "lapic", "events", "debugRegs"] as const;
+const MSR_ENTRY = 16;
+
+export function encodeVcpuState(st: VcpuState): Uint8Array {
+  const blobs = BLOB_ORDER.map((k) => st[k]);
+  const size = 8 + blobs.reduce((n, b) => n + 4 + b.byteLength, 0) + 4 + st.msrs.length * MSR_ENTRY;
+  const out = new Uint8Array(size);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, st.id, true);
+  dv.setUint32(4, st.mpState, true);
+  let o = 8;
+  for (const b of blobs) {
+    dv.setUint32(o, b.byteLength, true);
+    out.set(b, o + 4);
+    o += 4 + b.byteLength;
+  }
+  dv.setUint32(o, st.msrs.length, true);
+  o += 4;
+  for (const [index, value] of st.msrs) {
+    dv.setUint32(o, index, true);
+    dv.setBigUint64(o + 8, BigInt(value), true);
+    o += MSR_ENTRY;
+  }
+  return out;
+}
+
+/** Parse the binary form; throws a message naming what is malformed (sizes are checked by the caller). */
+export function decodeVcpuState(b: Uint8Array): VcpuState {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const need = (o: number, n: number, what: string) => {
+    if (o + n > b.byteLength) throw new Error(`truncated at ${what}`);
+  };
+  need(0, 8, "the header");
+  const st: Partial<Record<(typeof BLOB_ORDER)[number], Uint8Array>> = {};
+  let o = 8;
+  for (const k of BLOB_ORDER) {
+    need(o, 4, k);
+    const len = dv.getUint32(o, true);
+    need(o + 4, len, k);
+    st[k] = b.slice(o + 4, o + 4 + len);
+    o += 4 + len;
+  }
+  need(o, 4, "the MSR count");
+  const count = dv.getUint32(o, true);
+  o += 4;
+  if (o + count * MSR_ENTRY !== b.byteLength) throw new Error(`${count} MSRs do not fill the rest of the section`);
+  const msrs: [number, string][] = [];
+  for (let i = 0; i < count; i++, o += MSR_ENTRY) msrs.push([dv.getUint32(o, true), dv.getBigUint64(o + 8, true).toString()]);
+  return { id: dv.getUint32(0, true), mpState: dv.getUint32(4, true), ...(st as Record<(typeof BLOB_ORDER)[number], Uint8Array>), msrs };
+}

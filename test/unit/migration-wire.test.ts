@@ -1,5 +1,7 @@
 /** The migration stream's encoding and the checks a destination applies to it (no KVM needed). */
 import { test, expect, describe } from "bun:test";
+import { decodeVcpuState, encodeVcpuState } from "../../src/vmm/vcpu-state.ts";
+import type { VcpuState } from "../../src/vmm/vcpu-protocol.ts";
 import {
   decodeHeader,
   decodeRecordHeader,
@@ -69,6 +71,47 @@ describe("state sections", () => {
     expect([...d.regs]).toEqual([...blob]);
     expect(d.tsc).toBe("123");
     expect(d.list).toEqual([1, "x"]);
+  });
+
+  test("a Uint8Array is passed through as the component's own binary form", () => {
+    const bytes = new Uint8Array([9, 8, 7]);
+    const r = encodeState({ name: "cpu/1", version: 2, data: bytes });
+    const s = decodeState(r.subarray(RECORD_HEADER_SIZE));
+    expect(s).toEqual({ name: "cpu/1", version: 2, data: new Uint8Array([9, 8, 7]) });
+    // A copy: the record's buffer may be reused.
+    expect((s.data as Uint8Array).buffer).not.toBe(r.buffer);
+  });
+
+  test("a vCPU's binary form round-trips and refuses truncation and stray bytes", () => {
+    const blob = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff);
+    const st: VcpuState = {
+      id: 3,
+      regs: blob(144, 1),
+      sregs: blob(312, 2),
+      xsave: blob(4096, 3),
+      xcrs: blob(392, 4),
+      lapic: blob(1024, 5),
+      events: blob(64, 6),
+      debugRegs: blob(128, 7),
+      mpState: 4,
+      msrs: [
+        [0x10, "18446744073709551615"],
+        [0xc0000080, "3329"],
+        [0x6e0, "0"],
+      ],
+    };
+    const b = encodeVcpuState(st);
+    expect(decodeVcpuState(b)).toEqual(st);
+    expect(() => decodeVcpuState(b.subarray(0, 6))).toThrow("truncated at the header");
+    expect(() => decodeVcpuState(b.subarray(0, 200))).toThrow("truncated at sregs");
+    expect(() => decodeVcpuState(b.subarray(0, b.byteLength - 1))).toThrow("3 MSRs do not fill the rest");
+    const longer = new Uint8Array(b.byteLength + 16);
+    longer.set(b);
+    expect(() => decodeVcpuState(longer)).toThrow("3 MSRs do not fill the rest");
+    // A blob length pointing past the end.
+    const bad = b.slice();
+    new DataView(bad.buffer).setUint32(8, 0xffffffff, true);
+    expect(() => decodeVcpuState(bad)).toThrow("truncated at regs");
   });
 
   test("malformed sections are WireErrors", () => {

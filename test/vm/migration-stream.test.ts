@@ -9,7 +9,7 @@ import { writeFileSync } from "node:fs";
 import { kiln, scratchDir } from "../lib/kiln.ts";
 import { connectUnix } from "../lib/unix-socket.ts";
 import { guestArgs } from "../lib/guest-vm.ts";
-import { encodeHeader, jsonRecord, record, Rec, FLAG_RETURN_PATH, RECORD_HEADER_SIZE, decodeRecordHeader } from "../../src/migration/wire.ts";
+import { encodeHeader, encodeState, jsonRecord, record, Rec, FLAG_RETURN_PATH, RECORD_HEADER_SIZE, decodeRecordHeader } from "../../src/migration/wire.ts";
 
 const MEM = 256 * 1024 * 1024;
 /** What kiln's CONFIG record says for `-machine microvm -m 256M -smp 1` (the protocol, docs/migration-protocol.md). */
@@ -153,6 +153,21 @@ describe("the destination refuses", () => {
     const r = await feed(cat(head(), h));
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("too large");
+  });
+
+  test("malformed vCPU state: a truncated binary form, and the old JSON form", async () => {
+    // Every section the machine has is present, so the vCPU's own check is what refuses.
+    const others = ["kvm/irqchip", "kvm/pit", "kvm/clock", ...CONFIG.devices].map((name) => encodeState({ name, version: 1, data: {} }));
+    const end = jsonRecord(Rec.END, { runState: "running", pausedRealtimeNs: 0 });
+    let r = await feed(cat(head(), encodeState({ name: "cpu/0", version: 2, data: new Uint8Array(6) }), ...others, end));
+    expect(r.code).toBe(1);
+    expect(r.answers.at(-1)?.type).toBe(Rec.ERROR);
+    expect(r.stderr).toContain("cpu/0");
+    expect(r.stderr).toContain("truncated at the header");
+    r = await feed(cat(head(), encodeState({ name: "cpu/0", version: 1, data: { regs: new Uint8Array(144) } }), ...others, end));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("cpu/0");
+    expect(r.stderr).toContain("version 1 is not supported (expected 2)");
   });
 
   test("an END without the machine's state", async () => {
