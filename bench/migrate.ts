@@ -266,7 +266,8 @@ const body: string[] = [
   "heartbeats. The guest's TSC does not see QEMU's downtime at all (QEMU restores the TSC it saved at the",
   "stop, so the guest's clock stands still meanwhile; kiln advances it by the downtime, as KVM's TSC",
   "migration procedure describes), so the row measured from the host, by when the heartbeat lines arrive,",
-  "is the one that compares like with like.",
+  "is the one that compares like with like. Both gaps are sampled by a 10 ms heartbeat: a switchover that",
+  "fits in the slack before the next heartbeat shows as 0, and from run to run they vary by several ms.",
   "",
 ];
 body.push(...(await scenario("Idle guest", "hb=10", 300)));
